@@ -1,0 +1,57 @@
+"""nbcron's toolkit: what an integration notebook imports.
+
+Notebook side: ``context``, ``secret``, ``metric`` and the helpers (``upsert``, ``plan``, ...).
+The runner side (schedules, runner, records, cli) lives in submodules and is not re-exported.
+Heavy helpers are imported on first use so that ``import toolkit`` stays cheap in the runner.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from toolkit.context import RunContext, context, metric, secret
+from toolkit.errors import (
+    ConfigError,
+    NbcronError,
+    ParameterError,
+    RunError,
+    ScheduleError,
+    SecretError,
+    UpsertError,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    pass
+
+__version__ = "0.1.0"
+
+# name -> module that defines it; loaded on first attribute access (PEP 562).
+_LAZY: dict[str, str] = {}
+
+__all__ = [
+    "ConfigError",
+    "NbcronError",
+    "ParameterError",
+    "RunContext",
+    "RunError",
+    "ScheduleError",
+    "SecretError",
+    "UpsertError",
+    "context",
+    "metric",
+    "secret",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'toolkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
