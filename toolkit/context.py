@@ -18,7 +18,17 @@ from typing import Literal
 
 from toolkit.errors import SecretError
 
-__all__ = ["ENV", "RunContext", "Trigger", "context", "metric", "metrics", "secret"]
+__all__ = [
+    "ENV",
+    "RunContext",
+    "Trigger",
+    "add_metric",
+    "context",
+    "mark_partial",
+    "metric",
+    "metrics",
+    "secret",
+]
 
 Trigger = Literal["schedule", "manual", "retry", "catchup"]
 
@@ -36,7 +46,7 @@ class ENV:
     RUNS = "NBCRON_RUNS"
     DATABASE = "NBCRON_DATABASE"
     NOTEBOOK = "NBCRON_NOTEBOOK"
-    METRICS = "NBCRON_METRICS_FILE"
+    REPORT = "NBCRON_REPORT_FILE"
     SECRETS = "NBCRON_SECRET_NAMES"
 
 
@@ -125,7 +135,8 @@ def secret(name: str) -> str:
 
 
 _metrics: dict[str, float] = {}
-_metrics_lock = threading.Lock()
+_partial: list[str] = []
+_report_lock = threading.Lock()
 
 
 def metric(name: str, value: float) -> None:
@@ -140,8 +151,16 @@ def add_metric(name: str, delta: float = 1) -> None:
 
 def metrics() -> dict[str, float]:
     """Return a copy of the metrics recorded so far in this kernel."""
-    with _metrics_lock:
+    with _report_lock:
         return dict(_metrics)
+
+
+def mark_partial(reason: str) -> None:
+    """Mark this run ``partial``: it did useful work but stopped early on purpose (e.g. a rate
+    budget ran out and the cursor was checkpointed); the next run continues."""
+    with _report_lock:
+        _partial.append(str(reason))
+    _write_report()
 
 
 def _store_metric(name: str, value: float, *, add: bool) -> None:
@@ -149,13 +168,19 @@ def _store_metric(name: str, value: float, *, add: bool) -> None:
         raise ValueError(f"metric name {name!r} must be a non-empty string")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"metric {name!r}: value {value!r} is not a number")
-    with _metrics_lock:
+    with _report_lock:
         _metrics[name] = (_metrics.get(name, 0) + value) if add else value
-        snapshot = dict(_metrics)
-    path = os.environ.get(ENV.METRICS)
-    if path:
+    _write_report()
+
+
+def _write_report() -> None:
+    path = os.environ.get(ENV.REPORT)
+    if not path:
+        return
+    with _report_lock:
+        report = {"version": 1, "metrics": dict(_metrics), "partial": list(_partial)}
         # Rewrite atomically so the runner never reads half a file, even if the kernel dies.
         tmp = f"{path}.{os.getpid()}.tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(snapshot, fh)
+            json.dump(report, fh)
         os.replace(tmp, path)

@@ -1,0 +1,310 @@
+"""Run records: the executed notebook (source of truth) and the index over them.
+
+Each run is one notebook under the runs folder, laid out by schedule and date so that 100,000
+runs stay cheap to browse::
+
+    runs/<schedule>/<YYYY>/<MM>/<DD>/<stamp>[-<suffix>].ipynb     run_id = "<schedule>/<stamp>..."
+
+Its ``metadata.nbcron`` block holds the record fields of DESIGN.md. The index is one SQLAlchemy
+table (SQLite in the runs folder by default, PostgreSQL by URL) that can always be rebuilt from
+the notebooks with :func:`rebuild_index`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import sqlalchemy as sa
+
+from toolkit.context import Trigger
+from toolkit.errors import RunNotFoundError
+
+__all__ = [
+    "RECORD_VERSION",
+    "RunIndex",
+    "RunRecord",
+    "Status",
+    "atomic_write_text",
+    "iso",
+    "now_utc",
+    "rebuild_index",
+    "record_path",
+]
+
+RECORD_VERSION = 1
+Status = Literal["running", "succeeded", "partial", "failed", "timed_out", "interrupted", "skipped"]
+STATUSES: tuple[str, ...] = get_args(Status)
+FINAL_STATUSES = frozenset(STATUSES) - {"running"}
+
+
+def now_utc() -> datetime:
+    """Return the current time, aware, in UTC."""
+    return datetime.now(timezone.utc)
+
+
+def iso(moment: datetime | None) -> str | None:
+    """Return a fixed-width ISO 8601 UTC string (sorts as text), or None."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        raise ValueError(f"{moment!r} is a naive datetime; nbcron only stores aware times")
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class RunRecord:
+    """One run, exactly the record fields of DESIGN.md (``to_dict`` gives no more, no less)."""
+
+    run_id: str
+    schedule: str
+    trigger: Trigger
+    attempt: int
+    status: Status
+    scheduled_for: str | None
+    started_at: str
+    finished_at: str | None
+    duration_s: float | None
+    notebook: str
+    output: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+    error: dict[str, Any] | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    host: str = field(default_factory=socket.gethostname)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_metadata(self) -> dict[str, Any]:
+        """Return the ``metadata.nbcron`` block: the record plus the shape's version."""
+        return {"record_version": RECORD_VERSION, **self.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunRecord:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def versions() -> dict[str, str]:
+    """Return the versions that decide how a notebook ran."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for dist in ("nbcron", "papermill", "nbclient", "ipykernel"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def record_path(runs: Path, run_id: str) -> Path:
+    """Return where the notebook of ``run_id`` lives: by schedule, then year/month/day."""
+    schedule, _, stamp = run_id.partition("/")
+    if not schedule or not stamp or "/" in stamp or stamp.startswith("."):
+        raise ValueError(f"{run_id!r} is not a run id (SCHEDULE/YYYYmmddTHHMMSSZ...)")
+    return runs / schedule / stamp[0:4] / stamp[4:6] / stamp[6:8] / f"{stamp}.ipynb"
+
+
+def atomic_write_text(path: Path, text: str, *, fsync: bool = True) -> None:
+    """Write ``text`` to ``path`` so that readers see the old or the new file, never a torn one.
+
+    ``fsync=False`` still survives the writer being killed (rename is atomic); it only gives up
+    durability across a power cut, which is fine for the saves in the middle of a run.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+_metadata = sa.MetaData()
+runs_table = sa.Table(
+    "nbcron_runs",
+    _metadata,
+    sa.Column("run_id", sa.String(255), primary_key=True),
+    sa.Column("schedule", sa.String(200), nullable=False),
+    sa.Column("trigger", sa.String(20), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("scheduled_for", sa.String(40)),
+    sa.Column("started_at", sa.String(40), nullable=False),
+    sa.Column("finished_at", sa.String(40)),
+    sa.Column("duration_s", sa.Float),
+    sa.Column("notebook", sa.Text, nullable=False),
+    sa.Column("output", sa.Text, nullable=False),
+    sa.Column("parameters", sa.Text, nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("metrics", sa.Text, nullable=False),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("versions", sa.Text, nullable=False),
+    # Not record fields: who is running it, so a dead runner's run can be found and closed.
+    sa.Column("runner_pid", sa.Integer),
+    sa.Column("heartbeat_at", sa.String(40)),
+    sa.Column("record_version", sa.Integer, nullable=False, default=RECORD_VERSION),
+    sa.Index("ix_nbcron_runs_schedule_started", "schedule", "started_at"),
+    sa.Index("ix_nbcron_runs_started", "started_at"),
+    sa.Index("ix_nbcron_runs_status", "status"),
+)
+_JSON_COLUMNS = ("parameters", "error", "metrics", "versions")
+
+
+@lru_cache(maxsize=16)
+def _engine(url: str) -> sa.Engine:
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, future=True, pool_pre_ping=not url.startswith("sqlite"))
+    if engine.dialect.name == "sqlite":
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # WAL lets `serve`, `tick` and readers share the index without "database is locked".
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+    _metadata.create_all(engine, checkfirst=True)
+    return engine
+
+
+class RunIndex:
+    """The run index: a queryable copy of every record's fields."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = _engine(url)
+
+    def _row(self, record: RunRecord, runner_pid: int | None) -> dict[str, Any]:
+        row = record.to_dict()
+        for key in _JSON_COLUMNS:
+            row[key] = None if row[key] is None else json.dumps(row[key], sort_keys=True)
+        row["runner_pid"] = runner_pid
+        row["heartbeat_at"] = iso(now_utc())
+        row["record_version"] = RECORD_VERSION
+        return row
+
+    def insert(self, record: RunRecord, runner_pid: int | None = None) -> bool:
+        """Add a new run; return False (and change nothing) if its run id already exists."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(runs_table.insert().values(**self._row(record, runner_pid)))
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
+    def save(self, record: RunRecord, runner_pid: int | None = None) -> None:
+        """Insert or replace the run's row."""
+        row = self._row(record, runner_pid)
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                runs_table.update().where(runs_table.c.run_id == record.run_id).values(**row)
+            ).rowcount
+            if not updated:
+                conn.execute(runs_table.insert().values(**row))
+
+    def get(self, run_id: str) -> RunRecord:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(runs_table).where(runs_table.c.run_id == run_id)).first()
+        if row is None:
+            raise RunNotFoundError(f"no run {run_id!r} in the index; see `nbcron runs`")
+        return _record(row._mapping)
+
+    def list(
+        self, schedule: str | None = None, status: str | None = None, limit: int | None = 50
+    ) -> list[RunRecord]:
+        """Return runs newest first, optionally of one schedule and/or one status."""
+        query = sa.select(runs_table).order_by(
+            runs_table.c.started_at.desc(), runs_table.c.run_id.desc()
+        )
+        if schedule:
+            query = query.where(runs_table.c.schedule == schedule)
+        if status:
+            query = query.where(runs_table.c.status == status)
+        if limit:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            return [_record(row._mapping) for row in conn.execute(query)]
+
+    def last_status(self) -> dict[str, str]:
+        """Return schedule -> status of its newest run."""
+        newest = (
+            sa.select(runs_table.c.schedule, sa.func.max(runs_table.c.started_at).label("m"))
+            .group_by(runs_table.c.schedule)
+            .subquery()
+        )
+        query = sa.select(runs_table.c.schedule, runs_table.c.status).join(
+            newest,
+            sa.and_(
+                runs_table.c.schedule == newest.c.schedule,
+                runs_table.c.started_at == newest.c.m,
+            ),
+        )
+        with self.engine.connect() as conn:
+            return {row.schedule: row.status for row in conn.execute(query)}
+
+    def running(self) -> Iterator[tuple[RunRecord, int | None, str | None]]:
+        """Yield (record, runner pid, heartbeat) for every run still marked running."""
+        query = sa.select(runs_table).where(runs_table.c.status == "running")
+        with self.engine.connect() as conn:
+            rows = list(conn.execute(query))
+        for row in rows:
+            yield _record(row._mapping), row.runner_pid, row.heartbeat_at
+
+    def clear(self) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(runs_table.delete())
+
+
+def _record(row: Any) -> RunRecord:
+    data = {k: row[k] for k in row.keys() if k not in ("runner_pid", "heartbeat_at", "record_version")}
+    for key in _JSON_COLUMNS:
+        data[key] = None if data[key] is None else json.loads(data[key])
+    return RunRecord.from_dict(data)
+
+
+def read_record(path: Path) -> RunRecord | None:
+    """Return the record stored in a saved notebook's metadata, or None if it holds none."""
+    with open(path, encoding="utf-8") as fh:
+        nb = json.load(fh)
+    block = nb.get("metadata", {}).get("nbcron")
+    if not isinstance(block, dict) or "run_id" not in block:
+        return None
+    return RunRecord.from_dict(block)
+
+
+def rebuild_index(runs: Path, index: RunIndex) -> int:
+    """Re-create the index from the notebooks under ``runs``; return how many runs it holds."""
+    index.clear()
+    count = 0
+    for path in sorted(runs.glob("*/*/*/*/*.ipynb")):
+        if path.name.startswith("."):
+            continue
+        try:
+            record = read_record(path)
+        except (OSError, ValueError):
+            continue
+        if record is None:
+            continue
+        index.save(record)
+        count += 1
+    return count

@@ -1,0 +1,349 @@
+"""The runner: run one schedule's notebook now and leave an honest, secret-free record.
+
+The runner, not papermill, decides a run's status:
+
+==============  ==========================================================================
+succeeded       every cell ran, or a cell called ``sys.exit(0)`` to say "nothing to do"
+partial         succeeded, but the notebook said it stopped early on purpose
+failed          a cell raised (ename, evalue, cell), or the kernel died (``DeadKernelError``)
+timed_out       the whole run passed the schedule's ``timeout``; kernel and children killed
+interrupted     the runner itself was told to stop (SIGTERM/SIGINT) or died
+==============  ==========================================================================
+
+Every non-success leaves the saved notebook with a banner cell on top saying what happened.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import secrets as _random
+import signal
+import socket
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from toolkit.context import ENV, Trigger
+from toolkit.errors import ConfigError, ParameterError
+from toolkit.execution import Execution, Outcome, notebook_json
+from toolkit.kernels import private_runtime_dir, remove_runtime_dir
+from toolkit.records import RunIndex, RunRecord, atomic_write_text, iso, now_utc, record_path, versions
+from toolkit.schedules import Schedule, check_parameters, resolve_secrets
+from toolkit.scrub import Scrubber
+from toolkit.settings import Settings
+
+__all__ = ["install_signal_handlers", "interrupt_all", "make_run_id", "run_schedule"]
+
+log = logging.getLogger("nbcron")
+
+_active: set[Execution] = set()
+_active_lock = threading.Lock()
+BANNER_TAG = "nbcron-banner"
+
+
+def make_run_id(
+    schedule: str,
+    trigger: Trigger,
+    scheduled_for: datetime | None,
+    attempt: int = 1,
+    now: datetime | None = None,
+) -> str:
+    """Return the run id: deterministic for scheduled runs and their retries, unique otherwise."""
+    if trigger in ("schedule", "catchup", "retry") and scheduled_for is not None:
+        stamp = scheduled_for.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        return f"{schedule}/{stamp}" if attempt <= 1 else f"{schedule}/{stamp}-a{attempt}"
+    moment = (now or now_utc()).astimezone(timezone.utc)
+    return f"{schedule}/{moment.strftime('%Y%m%dT%H%M%SZ')}-{trigger[0]}{_random.token_hex(3)}"
+
+
+def interrupt_all(detail: str) -> None:
+    """Stop every run this process is executing; their records end ``interrupted``."""
+    with _active_lock:
+        running = list(_active)
+    for execution in running:
+        execution.interrupt("interrupted", detail)
+
+
+def install_signal_handlers() -> None:
+    """Make SIGTERM and SIGINT interrupt the runs of this process instead of killing it."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        interrupt_all(f"the runner received {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _coerce_overrides(schedule: Schedule, overrides: dict[str, Any]) -> None:
+    if overrides:
+        try:
+            check_parameters(schedule, overrides, where="-p")
+        except ParameterError as exc:
+            raise ParameterError(str(exc).replace("`parameters.", "`")) from exc
+
+
+def run_schedule(
+    schedule: Schedule,
+    settings: Settings,
+    *,
+    overrides: dict[str, Any] | None = None,
+    trigger: Trigger = "manual",
+    scheduled_for: datetime | None = None,
+    attempt: int = 1,
+    run_id: str | None = None,
+    dry_run: bool = False,
+    index: RunIndex | None = None,
+    start_timeout: float = 60.0,
+) -> RunRecord | None:
+    """Run the schedule's notebook now; return its final record.
+
+    Returns None, running nothing, when ``run_id`` is already in the index (another scheduler
+    started it). Raises ConfigError subclasses for bad parameters or secrets before any record
+    exists; after that every problem ends up in the record instead.
+    """
+    overrides = dict(overrides or {})
+    shown = _shown(schedule.file, settings)
+    check_parameters(schedule, schedule.parameters, where=shown)
+    _coerce_overrides(schedule, overrides)
+    parameters = {**schedule.parameters, **overrides}
+    secret_values = resolve_secrets(schedule, settings)
+    scrubber = Scrubber(secret_values)
+    index = index or RunIndex(settings.database)
+
+    started = now_utc()
+    run_id = run_id or make_run_id(schedule.name, trigger, scheduled_for, attempt, started)
+    output = record_path(settings.runs, run_id)
+    record = RunRecord(
+        run_id=run_id,
+        schedule=schedule.name,
+        trigger=trigger,
+        attempt=attempt,
+        status="running",
+        scheduled_for=iso(scheduled_for),
+        started_at=iso(started) or "",
+        finished_at=None,
+        duration_s=None,
+        notebook=_shown(schedule.notebook, settings),
+        output=str(output),
+        parameters=scrubber.node(copy.deepcopy(parameters)),
+        versions=versions(),
+    )
+    if not index.insert(record, runner_pid=os.getpid()):
+        log.info("run %s already exists; not starting it again", run_id)
+        return None
+
+    runtime = private_runtime_dir()
+    outcome = Outcome("failed", {"ename": "RunnerError", "evalue": "the runner stopped", "cell": None})
+    execution: Execution | None = None
+    nb: Any = None
+    try:
+        nb = _prepare(schedule, parameters, settings)
+        env = _kernel_env(schedule, settings, record, runtime, secret_values, scheduled_for, dry_run)
+        kernel_name = settings.kernel_name or _kernel_name(nb)
+
+        def write(current: Any, running_cell: int | None) -> None:
+            _write_record(output, current, record, scrubber, running_cell)
+
+        pristine = copy.deepcopy(nb)
+        for attempt_start_timeout in (start_timeout, min(start_timeout, 30.0)):
+            execution = Execution(
+                nb=nb,
+                run_id=run_id,
+                runtime=runtime,
+                kernel_name=kernel_name,
+                env=env,
+                cwd=settings.project,
+                scrubber=scrubber,
+                max_output=settings.max_output,
+                write=write,
+                timeout=schedule.timeout,
+                start_timeout=attempt_start_timeout,
+                heartbeat=lambda: index.save(record, runner_pid=os.getpid()),
+            )
+            with _active_lock:
+                _active.add(execution)
+            try:
+                outcome = execution.run()
+            finally:
+                with _active_lock:
+                    _active.discard(execution)
+            if not _kernel_start_failed(outcome):
+                break
+            # A kernel that never answered is the machine's hiccup, not the notebook's failure.
+            log.warning("kernel for %s did not start (%s); trying once more", run_id, outcome.error)
+            nb = copy.deepcopy(pristine)
+    except ConfigError as exc:
+        outcome = Outcome("failed", {"ename": type(exc).__name__, "evalue": scrubber.text(str(exc)), "cell": None})
+    except BaseException as exc:
+        outcome = Outcome(
+            "failed", {"ename": type(exc).__name__, "evalue": scrubber.text(str(exc)), "cell": None}
+        )
+        raise
+    finally:
+        report = _read_report(runtime)
+        remove_runtime_dir(runtime)
+        finished = now_utc()
+        status = outcome.status
+        if status == "succeeded" and report.get("partial"):
+            status = "partial"
+        record.status = status  # type: ignore[assignment]
+        record.error = scrubber.node(outcome.error) if outcome.error else None
+        record.metrics = {k: v for k, v in report.get("metrics", {}).items() if _is_number(v)}
+        record.finished_at = iso(finished)
+        record.duration_s = round((finished - started).total_seconds(), 3)
+        if nb is None:
+            nb = _placeholder_notebook(schedule)
+        _write_record(output, nb, record, scrubber, None, final=True)
+        index.save(record, runner_pid=None)
+        log.info("%s %s in %.1fs -> %s", run_id, record.status, record.duration_s, output)
+    return record
+
+
+def _kernel_start_failed(outcome: Outcome) -> bool:
+    if outcome.cells_started or outcome.status != "failed" or outcome.error is None:
+        return False
+    text = f"{outcome.error.get('ename')} {outcome.error.get('evalue')}"
+    return "didn't respond" in text or "Kernel died before replying" in text
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _shown(path: Path, settings: Settings) -> str:
+    try:
+        return str(path.relative_to(settings.project))
+    except ValueError:
+        return str(path)
+
+
+def _prepare(schedule: Schedule, parameters: dict[str, Any], settings: Settings) -> Any:
+    import nbformat
+    from papermill.parameterize import parameterize_notebook
+
+    nb = nbformat.read(schedule.notebook, as_version=4)
+    nb.metadata.setdefault("papermill", {})
+    for cell in nb.cells:  # what papermill's loader does before it parameterizes
+        cell.metadata.setdefault("tags", [])
+        cell.metadata.setdefault("papermill", {})
+    if parameters:
+        nb = parameterize_notebook(nb, parameters, kernel_name=settings.kernel_name)
+    else:
+        nb.metadata.papermill["parameters"] = {}
+    nb.metadata.papermill["input_path"] = _shown(schedule.notebook, settings)
+    nb.metadata.papermill["output_path"] = None
+    return nb
+
+
+def _kernel_name(nb: Any) -> str:
+    spec = nb.metadata.get("kernelspec") or {}
+    return str(spec.get("name") or "python3")
+
+
+def _kernel_env(
+    schedule: Schedule,
+    settings: Settings,
+    record: RunRecord,
+    runtime: Path,
+    secret_values: dict[str, str],
+    scheduled_for: datetime | None,
+    dry_run: bool,
+) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            ENV.RUN_ID: record.run_id,
+            ENV.SCHEDULE: schedule.name,
+            ENV.SCHEDULED_FOR: iso(scheduled_for) or record.started_at,
+            ENV.TRIGGER: record.trigger,
+            ENV.ATTEMPT: str(record.attempt),
+            ENV.DRY_RUN: "1" if dry_run else "0",
+            ENV.PROJECT: str(settings.project),
+            ENV.RUNS: str(settings.runs),
+            ENV.DATABASE: settings.database,
+            ENV.NOTEBOOK: record.notebook,
+            ENV.REPORT: str(runtime / "report.json"),
+            ENV.SECRETS: ",".join(sorted(secret_values)),
+        }
+    )
+    env.update(secret_values)
+    return env
+
+
+def _read_report(runtime: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((runtime / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _placeholder_notebook(schedule: Schedule) -> Any:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["papermill"] = {"input_path": str(schedule.notebook)}
+    return nb
+
+
+def banner_cell(record: RunRecord, running_cell: int | None, with_id: bool = True) -> Any | None:
+    """Return the markdown cell that heads a running or unsuccessful run, or None."""
+    import nbformat
+
+    err = record.error or {}
+    cell = err.get("cell")
+    where = f" in cell {cell}" if cell is not None else ""
+    what = f"`{err.get('ename', '')}: {err.get('evalue', '')}`" if err else ""
+    head = {
+        "running": f"**nbcron: this run is in progress** (cell {_shown_running(running_cell)} "
+        f"running). If this notebook still says so long after {record.started_at}, its runner "
+        f"(pid {os.getpid()} on {socket.gethostname()}) died; the scheduler marks such runs "
+        "`interrupted`.",
+        "failed": f"**nbcron: this run failed**{where}: {what}",
+        "timed_out": f"**nbcron: this run timed out**{where}: {err.get('evalue', '')}. The kernel "
+        "and every process it started were stopped.",
+        "interrupted": f"**nbcron: this run was interrupted**{where}: {err.get('evalue', '')}. "
+        "The kernel and every process it started were stopped.",
+        "skipped": f"**nbcron: this run was skipped**: {err.get('evalue', '')}",
+    }.get(record.status)
+    if head is None:
+        return None
+    detail = (
+        f"run `{record.run_id}` · trigger {record.trigger} · attempt {record.attempt} · "
+        f"started {record.started_at}"
+        + (f" · {record.duration_s:g}s" if record.duration_s is not None else "")
+        + f" · host {record.host}"
+    )
+    cell_node = nbformat.v4.new_markdown_cell(f"> {head}\n>\n> {detail}")
+    cell_node.metadata["tags"] = [BANNER_TAG]
+    cell_node.metadata["nbcron"] = {"status": record.status}
+    cell_node.pop("id", None)
+    if with_id:  # cell ids exist from nbformat 4.5 on; older notebooks must not carry one
+        cell_node["id"] = "nbcron-banner"
+    return cell_node
+
+
+def _shown_running(index: int | None) -> str:
+    return "—" if index is None else str(index + 1)
+
+
+def _write_record(
+    path: Path,
+    nb: Any,
+    record: RunRecord,
+    scrubber: Scrubber,
+    running_cell: int | None,
+    final: bool = False,
+) -> None:
+    scrubber.node(nb)
+    nb.metadata["nbcron"] = scrubber.node(record.to_metadata())
+    banner = banner_cell(record, running_cell, with_id=nb.get("nbformat_minor", 0) >= 5)
+    doc = dict(nb)
+    cells = [c for c in nb.cells if BANNER_TAG not in c.get("metadata", {}).get("tags", [])]
+    doc["cells"] = [banner, *cells] if banner is not None else cells
+    atomic_write_text(path, notebook_json(doc), fsync=final)
