@@ -66,6 +66,10 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # never changes offset twice within it. The closest pair in tzdata is ~4 days
 # apart (Africa/Freetown 1939), and ~7 days since 1970.
 _PROBE = timedelta(days=1)
+# UTC offsets lie within -12h..+14h, so a wall clock never strays more than 26h
+# from any other offset's: an instant more than this past `after` and this
+# before the candidate cannot show a matching wall time the search missed.
+_REACH = timedelta(days=2)
 
 
 @dataclass(frozen=True)
@@ -275,6 +279,7 @@ def _next_once(spec: _Spec, tz: ZoneInfo, after: datetime) -> datetime | None:
 
 def _next_every(spec: _Spec, tz: ZoneInfo, after: datetime) -> datetime | None:
     """Rule 4: the first instant after ``after`` whose own wall clock matches."""
+    after = after.astimezone(timezone.utc)  # probes below step in real time, not wall time
     wall, strict = after.astimezone(tz), True
     offset = _offset(wall)
     while True:
@@ -286,6 +291,13 @@ def _next_every(spec: _Spec, tz: ZoneInfo, after: datetime) -> datetime | None:
         # restart at the change, whose own wall time may match (inclusively).
         probe = after
         while probe < candidate:
+            if probe - after >= _REACH and candidate - probe > _REACH:
+                # Nothing fires more than _REACH from both ends (see _REACH), so
+                # resume close to the candidate instead of probing every day.
+                after = candidate - _REACH
+                wall, strict = after.astimezone(tz), True
+                offset = _offset(wall)
+                break
             step = min(probe + _PROBE, candidate)
             if _offset(step.astimezone(tz)) != offset:
                 after = _transition(tz, probe, step)
