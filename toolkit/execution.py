@@ -129,7 +129,10 @@ class Execution:
                     startup_timeout=self.start_timeout,
                     timeout=None,
                     log=_client_log,
-                    extra_arguments=[f"--IPKernelApp.exec_lines={kernel_cap_code(self.max_output)}"],
+                    extra_arguments=[
+                        # The kernel stops a little short so its own marker fits the budget.
+                        f"--IPKernelApp.exec_lines={kernel_cap_code(max(self.max_output - 4096, 0))}"
+                    ],
                 )
                 client.execute(env=self.env, cwd=str(self.cwd))
         except Exception as exc:
@@ -200,29 +203,34 @@ class Execution:
         return None if index is None else index + 1
 
     # -- outputs -----------------------------------------------------------------------------
-    def charge(self, outs: list[Any], msg: dict[str, Any]) -> bool:
-        """Charge an output message to the budget; return False if it must be dropped."""
+    def charge(self, msg: dict[str, Any]) -> tuple[bool, int]:
+        """Charge an output message to the budget; return (keep it?, characters dropped)."""
         content = msg.get("content", {})
         if msg.get("msg_type") == "error":
-            return True  # tracebacks are small and are what people read first
+            return True, 0  # tracebacks are small and are what people read first
         size = self.budget.size_of(content)
         granted = self.budget.take(size)
         if granted == size:
-            return True
+            return True, 0
         if msg.get("msg_type") == "stream" and granted > 0:
             content["text"] = content["text"][:granted]
-            return True
+            return True, size - granted
+        return False, size - granted
+
+    def mark_truncated(self, outs: list[Any], dropped_here: int) -> None:
+        """Put (or move) the truncation marker at the end of ``outs`` and add to its count."""
         marker = next((o for o in outs if MARKER_TAG in o.get("metadata", {})), None)
         if marker is None:
             from nbformat.v4 import new_output
 
             marker = new_output("stream", name="stderr", text="")
             marker["metadata"] = {MARKER_TAG: True}
-            outs.append(marker)
-        dropped = marker["metadata"].get("dropped", 0) + size - granted
+        else:
+            outs.remove(marker)  # keep the marker last, after whatever was kept
+        outs.append(marker)
+        dropped = marker["metadata"].get("dropped", 0) + dropped_here
         marker["metadata"]["dropped"] = dropped
         marker["text"] = marker_text(self.max_output, dropped)
-        return False
 
 
 class _Keeper(NotebookExecutionManager):  # type: ignore[misc]
@@ -270,8 +278,16 @@ class _Client(PapermillNotebookClient):  # type: ignore[misc]
     def output(self, outs: list[Any], msg: dict[str, Any], display_id: str | None, cell_index: int) -> Any:
         if self.output_hook_stack[msg["parent_header"].get("msg_id")]:
             return super().output(outs, msg, display_id, cell_index)
-        if not self.execution.charge(outs, msg):
+        keep, dropped = self.execution.charge(msg)
+        if not keep:
+            self.execution.mark_truncated(outs, dropped)
             return None
+        out = self._append(outs, msg, display_id, cell_index)
+        if dropped:
+            self.execution.mark_truncated(outs, dropped)
+        return out
+
+    def _append(self, outs: list[Any], msg: dict[str, Any], display_id: str | None, cell_index: int) -> Any:
         if (
             msg["msg_type"] == "stream"
             and not display_id

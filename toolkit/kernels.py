@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 from collections.abc import Iterable
@@ -35,11 +36,26 @@ def remove_runtime_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _ipc_launcher(cmd: list[str]) -> list[str]:
+    """Swap ``-m ipykernel_launcher`` for nbcron's IPC-only launcher when it is our interpreter."""
+    if len(cmd) > 2 and cmd[1:3] == ["-m", "ipykernel_launcher"]:
+        same = cmd[0] in ("python", "python3") or (
+            Path(cmd[0]).exists() and os.path.samefile(cmd[0], sys.executable)
+        )
+        if same:
+            return [sys.executable, "-m", "toolkit.ipc_kernel", *cmd[3:]]
+    return cmd
+
+
 def make_kernel_manager(kernel_name: str, runtime: Path) -> Any:
     """Return a jupyter_client (async) KernelManager bound to IPC sockets under ``runtime``."""
     from jupyter_client.manager import AsyncKernelManager
 
-    km = AsyncKernelManager(
+    class IpcKernelManager(AsyncKernelManager):  # type: ignore[misc]
+        def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
+            return _ipc_launcher(super().format_kernel_cmd(extra_arguments))
+
+    km = IpcKernelManager(
         kernel_name=kernel_name,
         transport="ipc",
         ip=str(runtime / "kernel"),

@@ -268,6 +268,7 @@ def _kernel_env(
             ENV.DATABASE: settings.database,
             ENV.NOTEBOOK: record.notebook,
             ENV.REPORT: str(runtime / "report.json"),
+            "NBCRON_KERNEL_DIR": str(runtime),
             ENV.SECRETS: ",".join(sorted(secret_values)),
         }
     )
