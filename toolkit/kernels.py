@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -23,6 +24,9 @@ from typing import Any
 import psutil
 
 __all__ = ["ProcessTree", "kill_run_processes", "make_kernel_manager", "private_runtime_dir"]
+
+_quiet_log = logging.getLogger("nbcron.kernel")
+_quiet_log.setLevel(logging.CRITICAL)
 
 
 def private_runtime_dir() -> Path:
@@ -56,6 +60,9 @@ def make_kernel_manager(kernel_name: str, runtime: Path) -> Any:
             return _ipc_launcher(super().format_kernel_cmd(extra_arguments))
 
     km = IpcKernelManager(
+        # jupyter_client warns at exit about zmq contexts of clients it already closed; the run
+        # record, not its log, is where nbcron reports what happened to the kernel.
+        log=_quiet_log,
         kernel_name=kernel_name,
         transport="ipc",
         ip=str(runtime / "kernel"),
