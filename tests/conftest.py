@@ -22,7 +22,7 @@ TEST_NOTEBOOKS = HERE / "notebooks"
 
 @dataclass
 class Project:
-    """A project folder with the test notebooks in ``notebooks/`` and schedules written on demand."""
+    """A project folder with the test notebooks in ``notebooks/``; schedules written on demand."""
 
     root: Path
     env: dict[str, str] = field(default_factory=dict)
@@ -41,7 +41,9 @@ class Project:
     def command(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "toolkit", "--project", str(self.root), *args]
 
-    def nbcron(self, *args: str, timeout: float = 120, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    def nbcron(
+        self, *args: str, timeout: float = 120, **kwargs: Any
+    ) -> subprocess.CompletedProcess[str]:
         """Run the real CLI in a subprocess and return what it printed and its exit code."""
         return subprocess.run(
             self.command(*args),
@@ -75,7 +77,7 @@ def project(tmp_path: Path) -> Iterator[Project]:
     (root / "schedules").mkdir(parents=True)
     shutil.copytree(TEST_NOTEBOOKS, root / "notebooks")
     env = {"NBCRON_RUNS": "", "NBCRON_DATABASE": ""}
-    yield Project(root=root, env=env)
+    return Project(root=root, env=env)
 
 
 def alive(pid: int) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -28,12 +29,10 @@ def test_printing_200_mb_gives_a_capped_record_and_a_small_runner(project: Proje
     proc = project.start("run", "flood", "--json")
     peak = 0
     while proc.poll() is None:
-        try:
+        with contextlib.suppress(OSError, AssertionError, psutil.Error):
             peak = max(peak, peak_rss(proc.pid))
-        except (OSError, AssertionError, psutil.Error):
-            pass
         time.sleep(0.05)
-    out, err = proc.communicate()
+    _out, err = proc.communicate()
     assert proc.returncode == 0, err
     assert peak < 500 * 1024 * 1024, f"runner peaked at {peak / 2**20:.0f} MiB"
     path = next(project.runs.rglob("*.ipynb"))

@@ -1,4 +1,4 @@
-"""Every way a run can end gives the right exit code, status, error fields, banner and no orphans."""
+"""Every way a run can end: right exit code, status, error fields and banner, and no orphans."""
 
 from __future__ import annotations
 
@@ -49,7 +49,9 @@ def test_success_exits_zero_with_metrics_and_no_banner(project: Project) -> None
     assert record["parameters"] == {"greeting": "hi there", "count": 7}
     nb = saved(record)
     assert BANNER_TAG not in nb.cells[0].metadata.get("tags", [])
-    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    printed = "".join(
+        o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
+    )
     assert f"hi there {record['run_id']} manual" in printed
 
 
@@ -105,7 +107,9 @@ def test_timeout_stops_the_kernel_and_leaves_a_banner(project: Project, tmp_path
     assert_all_dead(read_pids(pidfile))
 
 
-def test_kernel_that_kills_itself_is_a_dead_kernel_failure(project: Project, tmp_path: Path) -> None:
+def test_kernel_that_kills_itself_is_a_dead_kernel_failure(
+    project: Project, tmp_path: Path
+) -> None:
     pidfile = tmp_path / "pids.json"
     project.schedule("suicide", "kills_itself", parameters={"pidfile": str(pidfile)})
     code, record = project.run_json("suicide")

@@ -88,13 +88,20 @@ def cli(ctx: click.Context, project: Path | None, verbose: bool) -> None:
 @cli.command()
 @click.argument("name")
 @click.option(
-    "-p", "--parameter", "params", nargs=2, multiple=True, metavar="KEY VALUE",
+    "-p",
+    "--parameter",
+    "params",
+    nargs=2,
+    multiple=True,
+    metavar="KEY VALUE",
     help="Override a schedule parameter (repeatable).",
 )
 @click.option("--dry-run", is_flag=True, help="Tell the notebook to plan, not write.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run record as JSON.")
 @click.pass_context
-def run(ctx: click.Context, name: str, params: Sequence[tuple[str, str]], dry_run: bool, as_json: bool) -> None:
+def run(
+    ctx: click.Context, name: str, params: Sequence[tuple[str, str]], dry_run: bool, as_json: bool
+) -> None:
     """Run schedule NAME's notebook now (trigger `manual`)."""
     from toolkit.runner import install_signal_handlers, run_schedule
     from toolkit.schedules import find_schedule
@@ -128,11 +135,18 @@ def _late(record: Any) -> str:
 
 @cli.command()
 @click.argument("name", required=False)
-@click.option("--status", type=click.Choice(["running", "succeeded", "partial", "failed", "timed_out", "interrupted", "skipped"]))
+@click.option(
+    "--status",
+    type=click.Choice(
+        ["running", "succeeded", "partial", "failed", "timed_out", "interrupted", "skipped"]
+    ),
+)
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def runs(ctx: click.Context, name: str | None, status: str | None, limit: int, as_json: bool) -> None:
+def runs(
+    ctx: click.Context, name: str | None, status: str | None, limit: int, as_json: bool
+) -> None:
     """Run history, newest first."""
     records = _index(_settings(ctx)).list(schedule=name, status=status, limit=limit)
     if as_json:
@@ -140,10 +154,17 @@ def runs(ctx: click.Context, name: str | None, status: str | None, limit: int, a
         return
     rows = [("RUN ID", "STATUS", "TRIGGER", "SCHEDULED FOR", "STARTED", "LATE", "DURATION")]
     for r in records:
-        rows.append((
-            r.run_id, r.status, r.trigger, r.scheduled_for or "-", r.started_at,
-            _late(r) or "-", f"{r.duration_s:g}s" if r.duration_s is not None else "-",
-        ))
+        rows.append(
+            (
+                r.run_id,
+                r.status,
+                r.trigger,
+                r.scheduled_for or "-",
+                r.started_at,
+                _late(r) or "-",
+                f"{r.duration_s:g}s" if r.duration_s is not None else "-",
+            )
+        )
     _table(rows)
 
 
@@ -178,18 +199,33 @@ def list_(ctx: click.Context, as_json: bool) -> None:
     items = []
     for s in schedules:
         nxt = s.next_fire(now).astimezone(s.tz).isoformat() if s.enabled else None
-        items.append({
-            "name": s.name, "cron": s.cron, "timezone": s.timezone, "next_fire": nxt,
-            "last_status": last.get(s.name), "enabled": s.enabled,
-            "notebook": str(s.notebook.relative_to(settings.project))
-            if s.notebook.is_relative_to(settings.project) else str(s.notebook),
-        })
+        items.append(
+            {
+                "name": s.name,
+                "cron": s.cron,
+                "timezone": s.timezone,
+                "next_fire": nxt,
+                "last_status": last.get(s.name),
+                "enabled": s.enabled,
+                "notebook": str(s.notebook.relative_to(settings.project))
+                if s.notebook.is_relative_to(settings.project)
+                else str(s.notebook),
+            }
+        )
     if as_json:
         click.echo(json.dumps(items, indent=2))
         return
     rows = [("NAME", "CRON", "TIMEZONE", "NEXT FIRE", "LAST STATUS")]
     for i in items:
-        rows.append((i["name"], i["cron"], i["timezone"], i["next_fire"] or "disabled", i["last_status"] or "-"))
+        rows.append(
+            (
+                i["name"],
+                i["cron"],
+                i["timezone"],
+                i["next_fire"] or "disabled",
+                i["last_status"] or "-",
+            )
+        )
     _table(rows)
 
 
@@ -208,7 +244,9 @@ def validate(ctx: click.Context) -> None:
     for path in files:
         try:
             schedule = load_schedule(path, settings)
-            check_parameters(schedule, schedule.parameters, where=str(path.relative_to(settings.project)))
+            check_parameters(
+                schedule, schedule.parameters, where=str(path.relative_to(settings.project))
+            )
         except ConfigError as exc:
             problems.append(str(exc))
     for line in problems:
@@ -239,7 +277,7 @@ def demo(ctx: click.Context) -> None:
     ctx.exit(0 if ok else 1)
 
 
-def _table(rows: list[tuple[str, ...]]) -> None:
+def _table(rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())

@@ -27,9 +27,8 @@ def prepare_demo_data(settings: Settings) -> None:
         token.write_text(f"demo-{secrets.token_hex(16)}\n", encoding="utf-8")
         token.chmod(0o600)
     if importlib.util.find_spec("toolkit.acme") is not None:
-        from toolkit.acme import create_acme_database
-
-        create_acme_database(f"sqlite:///{data / 'acme.db'}")
+        acme = importlib.import_module("toolkit.acme")
+        acme.create_acme_database(f"sqlite:///{data / 'acme.db'}")
 
 
 def run_demo(settings: Settings, echo: Callable[[str], None] = print) -> bool:

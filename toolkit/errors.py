@@ -5,7 +5,7 @@ Every error a user can cause names the file, key or value that is wrong and says
     NbcronError                      base of everything nbcron raises on purpose
     ├── ConfigError                  bad settings, schedule file or notebook (CLI exit 2)
     │   ├── ScheduleError            a schedule file: names the file and the key
-    │   ├── ParameterError           a parameter the notebook does not declare, or no parameters cell
+    │   ├── ParameterError           undeclared parameter, or a notebook without a parameters cell
     │   └── SecretError              a secret that cannot be resolved or read
     ├── RunNotFoundError             `show` / `report` for a run id the index does not hold
     ├── RunError                     a run that did not succeed (carries the record; CLI exit 1)

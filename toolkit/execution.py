@@ -131,7 +131,8 @@ class Execution:
                     log=_client_log,
                     extra_arguments=[
                         # The kernel stops a little short so its own marker fits the budget.
-                        f"--IPKernelApp.exec_lines={kernel_cap_code(max(self.max_output - 4096, 0))}"
+                        "--IPKernelApp.exec_lines="
+                        + kernel_cap_code(max(self.max_output - 4096, 0))
                     ],
                 )
                 client.execute(env=self.env, cwd=str(self.cwd))
@@ -174,10 +175,14 @@ class Execution:
             )
         if exception is not None:
             name = type(exception).__name__
-            text = self.scrubber.text(str(exception).strip().splitlines()[0] if str(exception).strip() else "")
+            text = self.scrubber.text(
+                str(exception).strip().splitlines()[0] if str(exception).strip() else ""
+            )
             if name == "DeadKernelError":
                 text = "the kernel died (killed, out of memory, or crashed in native code)"
-            return Outcome("failed", {"ename": name, "evalue": text, "cell": cell}, exception, started)
+            return Outcome(
+                "failed", {"ename": name, "evalue": text, "cell": cell}, exception, started
+            )
         for index, nb_cell in enumerate(self.nb.cells):
             for output in nb_cell.get("outputs", []):
                 if output.get("output_type") != "error":
@@ -238,7 +243,9 @@ class _Keeper(NotebookExecutionManager):  # type: ignore[misc]
 
     def __init__(self, execution: Execution) -> None:
         super().__init__(
-            execution.nb, output_path=None, progress_bar=False,
+            execution.nb,
+            output_path=None,
+            progress_bar=False,
             autosave_cell_every=execution.autosave_every,
         )
         self.execution = execution
@@ -258,7 +265,9 @@ class _Keeper(NotebookExecutionManager):  # type: ignore[misc]
         self.end_time = self.now()
         self.nb.metadata.papermill["end_time"] = self.end_time.isoformat()
         if self.start_time is not None:
-            self.nb.metadata.papermill["duration"] = (self.end_time - self.start_time).total_seconds()
+            self.nb.metadata.papermill["duration"] = (
+                self.end_time - self.start_time
+            ).total_seconds()
 
 
 class _Client(PapermillNotebookClient):  # type: ignore[misc]
@@ -275,7 +284,9 @@ class _Client(PapermillNotebookClient):  # type: ignore[misc]
             return
         super().papermill_execute_cells()
 
-    def output(self, outs: list[Any], msg: dict[str, Any], display_id: str | None, cell_index: int) -> Any:
+    def output(
+        self, outs: list[Any], msg: dict[str, Any], display_id: str | None, cell_index: int
+    ) -> Any:
         if self.output_hook_stack[msg["parent_header"].get("msg_id")]:
             return super().output(outs, msg, display_id, cell_index)
         keep, dropped = self.execution.charge(msg)
@@ -287,7 +298,9 @@ class _Client(PapermillNotebookClient):  # type: ignore[misc]
             self.execution.mark_truncated(outs, dropped)
         return out
 
-    def _append(self, outs: list[Any], msg: dict[str, Any], display_id: str | None, cell_index: int) -> Any:
+    def _append(
+        self, outs: list[Any], msg: dict[str, Any], display_id: str | None, cell_index: int
+    ) -> Any:
         if (
             msg["msg_type"] == "stream"
             and not display_id

@@ -36,8 +36,8 @@ def _patch_iopub_pipe(folder: str) -> None:
         pipe_out.connect(self._pipe_address)
         return ctx, pipe_out
 
-    iostream.IOPubThread._setup_pipe_in = setup_pipe_in
-    iostream.IOPubThread._setup_pipe_out = setup_pipe_out
+    setattr(iostream.IOPubThread, "_setup_pipe_in", setup_pipe_in)  # noqa: B010
+    setattr(iostream.IOPubThread, "_setup_pipe_out", setup_pipe_out)  # noqa: B010
 
 
 def main() -> None:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -55,7 +56,7 @@ def make_kernel_manager(kernel_name: str, runtime: Path) -> Any:
     """Return a jupyter_client (async) KernelManager bound to IPC sockets under ``runtime``."""
     from jupyter_client.manager import AsyncKernelManager
 
-    class IpcKernelManager(AsyncKernelManager):  # type: ignore[misc]
+    class IpcKernelManager(AsyncKernelManager):
         def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
             return _ipc_launcher(super().format_kernel_cmd(extra_arguments))
 
@@ -87,7 +88,11 @@ def kill_run_processes(run_id: str, extra: Iterable[psutil.Process] = ()) -> lis
     me = os.getpid()
     targets: dict[int, psutil.Process] = {p.pid: p for p in extra if p.pid != me}
     for proc in psutil.process_iter():
-        if proc.pid != me and proc.pid not in targets and _environ_has(proc, "NBCRON_RUN_ID", run_id):
+        if (
+            proc.pid != me
+            and proc.pid not in targets
+            and _environ_has(proc, "NBCRON_RUN_ID", run_id)
+        ):
             targets[proc.pid] = proc
     killed = []
     for pid, proc in targets.items():
@@ -113,10 +118,8 @@ class ProcessTree:
     def attach(self, pid: int) -> None:
         with self._lock:
             self.root = pid
-            try:
+            with contextlib.suppress(psutil.Error):
                 self.seen[pid] = psutil.Process(pid)
-            except psutil.Error:
-                pass
             try:
                 self.pgid = os.getpgid(pid)
             except OSError:
@@ -137,10 +140,8 @@ class ProcessTree:
         """SIGKILL the kernel, its process group and every descendant ever seen."""
         self.snapshot()
         if self.pgid is not None and self.pgid != os.getpgid(0):
-            try:
+            with contextlib.suppress(OSError):
                 os.killpg(self.pgid, signal.SIGKILL)
-            except OSError:
-                pass
         with self._lock:
             procs = list(self.seen.values())
         return kill_run_processes(self.run_id, procs)

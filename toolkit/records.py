@@ -19,7 +19,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -49,7 +49,7 @@ FINAL_STATUSES = frozenset(STATUSES) - {"running"}
 
 def now_utc() -> datetime:
     """Return the current time, aware, in UTC."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -58,7 +58,7 @@ def iso(moment: datetime | None) -> str | None:
         return None
     if moment.tzinfo is None:
         raise ValueError(f"{moment!r} is a naive datetime; nbcron only stores aware times")
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass
@@ -276,7 +276,9 @@ class RunIndex:
 
 
 def _record(row: Any) -> RunRecord:
-    data = {k: row[k] for k in row.keys() if k not in ("runner_pid", "heartbeat_at", "record_version")}
+    data = {
+        k: row[k] for k in row if k not in ("runner_pid", "heartbeat_at", "record_version")
+    }
     for key in _JSON_COLUMNS:
         data[key] = None if data[key] is None else json.loads(data[key])
     return RunRecord.from_dict(data)

@@ -23,7 +23,7 @@ import secrets as _random
 import signal
 import socket
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -32,7 +32,15 @@ from toolkit.context import ENV, Trigger
 from toolkit.errors import ConfigError, ParameterError
 from toolkit.execution import Execution, Outcome, notebook_json
 from toolkit.kernels import private_runtime_dir, remove_runtime_dir
-from toolkit.records import RunIndex, RunRecord, atomic_write_text, iso, now_utc, record_path, versions
+from toolkit.records import (
+    RunIndex,
+    RunRecord,
+    atomic_write_text,
+    iso,
+    now_utc,
+    record_path,
+    versions,
+)
 from toolkit.schedules import Schedule, check_parameters, resolve_secrets
 from toolkit.scrub import Scrubber
 from toolkit.settings import Settings
@@ -55,9 +63,9 @@ def make_run_id(
 ) -> str:
     """Return the run id: deterministic for scheduled runs and their retries, unique otherwise."""
     if trigger in ("schedule", "catchup", "retry") and scheduled_for is not None:
-        stamp = scheduled_for.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        stamp = scheduled_for.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
         return f"{schedule}/{stamp}" if attempt <= 1 else f"{schedule}/{stamp}-a{attempt}"
-    moment = (now or now_utc()).astimezone(timezone.utc)
+    moment = (now or now_utc()).astimezone(UTC)
     return f"{schedule}/{moment.strftime('%Y%m%dT%H%M%SZ')}-{trigger[0]}{_random.token_hex(3)}"
 
 
@@ -138,12 +146,16 @@ def run_schedule(
         return None
 
     runtime = private_runtime_dir()
-    outcome = Outcome("failed", {"ename": "RunnerError", "evalue": "the runner stopped", "cell": None})
+    outcome = Outcome(
+        "failed", {"ename": "RunnerError", "evalue": "the runner stopped", "cell": None}
+    )
     execution: Execution | None = None
     nb: Any = None
     try:
         nb = _prepare(schedule, parameters, settings)
-        env = _kernel_env(schedule, settings, record, runtime, secret_values, scheduled_for, dry_run)
+        env = _kernel_env(
+            schedule, settings, record, runtime, secret_values, scheduled_for, dry_run
+        )
         kernel_name = settings.kernel_name or _kernel_name(nb)
 
         def write(current: Any, running_cell: int | None) -> None:
@@ -178,7 +190,9 @@ def run_schedule(
             log.warning("kernel for %s did not start (%s); trying once more", run_id, outcome.error)
             nb = copy.deepcopy(pristine)
     except ConfigError as exc:
-        outcome = Outcome("failed", {"ename": type(exc).__name__, "evalue": scrubber.text(str(exc)), "cell": None})
+        outcome = Outcome(
+            "failed", {"ename": type(exc).__name__, "evalue": scrubber.text(str(exc)), "cell": None}
+        )
     except BaseException as exc:
         outcome = Outcome(
             "failed", {"ename": type(exc).__name__, "evalue": scrubber.text(str(exc)), "cell": None}

@@ -226,7 +226,9 @@ def load_schedule(path: Path, settings: Settings) -> Schedule:
     )
 
 
-def _choice(data: dict[str, Any], key: str, default: str, allowed: tuple[str, ...], shown: str) -> str:
+def _choice(
+    data: dict[str, Any], key: str, default: str, allowed: tuple[str, ...], shown: str
+) -> str:
     value = data.get(key, default)
     if value not in allowed:
         raise ScheduleError(shown, key, f"{value!r} must be one of {' | '.join(allowed)}")
@@ -264,7 +266,9 @@ def declared_parameters(notebook: Path) -> dict[str, Any]:
     try:
         nb = nbformat.read(notebook, as_version=4)
     except Exception as exc:
-        raise ConfigError(f"{notebook}: not a readable notebook ({exc}); fix or re-save it") from exc
+        raise ConfigError(
+            f"{notebook}: not a readable notebook ({exc}); fix or re-save it"
+        ) from exc
     for cell in nb.cells:  # papermill expects every cell to carry a tags list
         cell.metadata.setdefault("tags", [])
     if not any("parameters" in c.metadata.tags for c in nb.cells):

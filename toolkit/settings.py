@@ -1,4 +1,4 @@
-"""Project settings: the ``[tool.nbcron]`` table of a project's pyproject.toml, then the environment.
+"""Project settings: ``[tool.nbcron]`` in the project's pyproject.toml, then the environment.
 
 A project is a folder holding ``schedules/`` and the notebooks they name. Relative paths resolve
 against it. ``NBCRON_RUNS`` and ``NBCRON_DATABASE`` override the file, so one checkout can point

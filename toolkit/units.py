@@ -40,7 +40,7 @@ def format_duration(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:g}s"
     out = []
-    rest = int(round(seconds))
+    rest = round(seconds)
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if rest >= size:
             out.append(f"{rest // size}{unit}")
