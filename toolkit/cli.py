@@ -256,6 +256,36 @@ def validate(ctx: click.Context) -> None:
     click.echo(f"{len(files)} schedules OK", err=True)
 
 
+def _instant(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise click.BadParameter(f"{text!r} is not ISO 8601, e.g. 2026-03-29T01:00:00Z") from exc
+    if moment.tzinfo is None:
+        raise click.BadParameter(f"{text!r} has no offset; add Z or +01:00")
+    return moment
+
+
+@cli.command()
+@click.option("--at", "at", metavar="ISO8601", help="Evaluate at this instant (default: now).")
+@click.option("--max-parallel", type=click.IntRange(min=1), default=None)
+@click.pass_context
+def tick(ctx: click.Context, at: str | None, max_parallel: int | None) -> None:
+    """Run, once, what is due at that instant under each schedule's policies, then exit."""
+    from toolkit.scheduler import tick as run_tick
+
+    settings = _settings(ctx)
+    dispatcher = run_tick(settings, _instant(at), max_parallel)
+    for record in dispatcher.finished:
+        click.echo(f"{record.run_id}\t{record.status}\t{record.trigger}")
+    bad = [r for r in dispatcher.finished if r.status not in ("succeeded", "partial", "skipped")]
+    for message in dispatcher.scheduler.errors.values():
+        click.echo(f"nbcron: error: {message}", err=True)
+    ctx.exit(1 if bad or dispatcher.failures or dispatcher.scheduler.errors else 0)
+
+
 @cli.command()
 @click.pass_context
 def reindex(ctx: click.Context) -> None:

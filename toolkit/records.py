@@ -270,6 +270,36 @@ class RunIndex:
         for row in rows:
             yield _record(row._mapping), row.runner_pid, row.heartbeat_at
 
+    def newest(self, schedule: str, scheduled: bool = True) -> RunRecord | None:
+        """Return the schedule's newest run (by fire instant, then attempt) or None.
+
+        ``scheduled`` limits it to runs the scheduler started (not manual ones).
+        """
+        query = (
+            sa.select(runs_table)
+            .where(runs_table.c.schedule == schedule)
+            .order_by(
+                runs_table.c.scheduled_for.desc(),
+                runs_table.c.attempt.desc(),
+                runs_table.c.started_at.desc(),
+            )
+            .limit(1)
+        )
+        if scheduled:
+            query = query.where(runs_table.c.trigger != "manual")
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else _record(row._mapping)
+
+    def has_running(self, schedule: str) -> bool:
+        query = (
+            sa.select(runs_table.c.run_id)
+            .where(runs_table.c.schedule == schedule, runs_table.c.status == "running")
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(query).first() is not None
+
     def clear(self) -> None:
         with self.engine.begin() as conn:
             conn.execute(runs_table.delete())

@@ -362,3 +362,78 @@ def _write_record(
     cells = [c for c in nb.cells if BANNER_TAG not in c.get("metadata", {}).get("tags", [])]
     doc["cells"] = [banner, *cells] if banner is not None else cells
     atomic_write_text(path, notebook_json(doc), fsync=final)
+
+
+def record_without_running(
+    schedule: Schedule,
+    settings: Settings,
+    index: RunIndex,
+    *,
+    run_id: str,
+    trigger: Trigger,
+    scheduled_for: datetime | None,
+    attempt: int,
+    reason: str,
+) -> RunRecord | None:
+    """Record a run the scheduler decided not to start (status ``skipped``); None if it exists.
+
+    The source notebook is saved unexecuted under a banner, so the record, like every other,
+    lives in a notebook the index can be rebuilt from.
+    """
+    now = now_utc()
+    output = record_path(settings.runs, run_id)
+    record = RunRecord(
+        run_id=run_id,
+        schedule=schedule.name,
+        trigger=trigger,
+        attempt=attempt,
+        status="skipped",
+        scheduled_for=iso(scheduled_for),
+        started_at=iso(now) or "",
+        finished_at=iso(now),
+        duration_s=0.0,
+        notebook=_shown(schedule.notebook, settings),
+        output=str(output),
+        parameters=dict(schedule.parameters),
+        error={"ename": "Skipped", "evalue": reason, "cell": None},
+        versions=versions(),
+    )
+    if not index.insert(record):
+        return None
+    import nbformat
+
+    try:
+        nb = nbformat.read(schedule.notebook, as_version=4)
+    except Exception:
+        nb = _placeholder_notebook(schedule)
+    _write_record(output, nb, record, Scrubber({}), None, final=True)
+    log.info("%s skipped: %s", run_id, reason)
+    return record
+
+
+def close_dead_run(record: RunRecord, index: RunIndex, reason: str, ended: datetime) -> RunRecord:
+    """Mark a run whose runner died ``interrupted``, in the index and in its saved notebook."""
+    import nbformat
+
+    record.status = "interrupted"
+    record.error = {"ename": "Interrupted", "evalue": reason, "cell": None}
+    record.finished_at = iso(ended)
+    started = datetime.fromisoformat(record.started_at)
+    record.duration_s = round(max((ended - started).total_seconds(), 0.0), 3)
+    path = Path(record.output)
+    try:
+        nb = nbformat.read(path, as_version=4)
+        cells = nb.cells
+        running = next(
+            (i for i, c in enumerate(cells) if c.get("metadata", {}).get("papermill", {}).get("status") == "running"),
+            None,
+        )
+        if running is not None:
+            # Index in the saved notebook: the banner stays on top.
+            banner = 1 if cells and BANNER_TAG in cells[0].metadata.get("tags", []) else 0
+            record.error["cell"] = running - banner + 1
+    except Exception:
+        nb = nbformat.v4.new_notebook()
+    _write_record(path, nb, record, Scrubber({}), None, final=True)
+    index.save(record, runner_pid=None)
+    return record
