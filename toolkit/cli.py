@@ -287,6 +287,26 @@ def tick(ctx: click.Context, at: str | None, max_parallel: int | None) -> None:
 
 
 @cli.command()
+@click.option("--max-parallel", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option(
+    "--grace",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds running runs may finish after SIGTERM/SIGINT before they are interrupted.",
+)
+@click.pass_context
+def serve(ctx: click.Context, max_parallel: int, grace: float) -> None:
+    """The scheduler daemon; SIGTERM/SIGINT stop it cleanly."""
+    from toolkit.daemon import Daemon
+
+    settings = _settings(ctx)
+    if not ctx.find_root().params.get("verbose"):
+        logging.getLogger("nbcron").setLevel(logging.INFO)
+    ctx.exit(Daemon(settings, max_parallel=max_parallel, grace=grace).run())
+
+
+@cli.command()
 @click.pass_context
 def reindex(ctx: click.Context) -> None:
     """Rebuild the run index from the saved notebooks under the runs folder."""

@@ -172,7 +172,7 @@ def load_schedule(path: Path, settings: Settings) -> Schedule:
 
     parameters = data.get("parameters") or {}
     if not isinstance(parameters, dict):
-        raise ScheduleError(shown, "parameters", "must be a mapping of name: value")
+        raise ScheduleError(shown, "parameters", f"{parameters!r} must be a mapping of name: value")
     secrets = data.get("secrets") or {}
     if not isinstance(secrets, dict):
         raise ScheduleError(shown, "secrets", "must be a mapping of NAME: env:VAR or file:PATH")
@@ -241,7 +241,9 @@ def _retries(value: Any, shown: str) -> Retries:
     if isinstance(value, int) and not isinstance(value, bool):
         value = {"max": value}
     if not isinstance(value, dict):
-        raise ScheduleError(shown, "retries", "must be {max: N, backoff: DURATION}")
+        raise ScheduleError(
+            shown, "retries", f"{value!r} must be a number or {{max: N, backoff: DURATION}}"
+        )
     for key in value:
         if key not in ("max", "backoff"):
             raise ScheduleError(shown, f"retries.{key}", "is not a key; use max and backoff")
@@ -273,7 +275,7 @@ def declared_parameters(notebook: Path) -> dict[str, Any]:
         cell.metadata.setdefault("tags", [])
     if not any("parameters" in c.metadata.tags for c in nb.cells):
         raise ParameterError(
-            f"{notebook}: no cell tagged `parameters`; tag the cell that sets the defaults "
+            f"{notebook.name} has no cell tagged `parameters`; tag the cell that sets the defaults "
             "(JupyterLab: property inspector > Cell Tags > parameters)"
         )
     return {p.name: p for p in _infer_parameters(nb)}
@@ -281,7 +283,10 @@ def declared_parameters(notebook: Path) -> dict[str, Any]:
 
 def check_parameters(schedule: Schedule, parameters: dict[str, Any], where: str) -> None:
     """Raise ParameterError if a parameter is not declared by the schedule's notebook."""
-    declared = declared_parameters(schedule.notebook)
+    try:
+        declared = declared_parameters(schedule.notebook)
+    except ConfigError as exc:  # no parameters cell, or unreadable: name the schedule and key
+        raise ParameterError(f"{where}: `notebook` {exc}") from exc
     for key in parameters:
         if key not in declared:
             raise ParameterError(

@@ -1,0 +1,140 @@
+"""``nbcron serve``: the scheduler daemon.
+
+It sleeps until the next fire or retry is due (no polling loop; it also wakes once a minute to
+notice a wall clock that jumped), starts due runs in worker processes, and picks up added,
+changed and removed schedule files as they happen (inotify through watchfiles). On SIGTERM or
+SIGINT it stops starting runs, lets running ones finish for ``grace`` seconds, then interrupts
+them; their records end ``interrupted`` and are saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from types import FrameType
+
+from toolkit.records import RunIndex, now_utc
+from toolkit.scheduler import Dispatcher, Scheduler
+from toolkit.settings import Settings
+
+__all__ = ["Daemon"]
+
+log = logging.getLogger("nbcron")
+
+# Longest sleep: a wall clock moved by hand (or by NTP) is noticed within this.
+MAX_SLEEP = 60.0
+
+
+class Daemon:
+    """The long-running scheduler of one project."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        max_parallel: int = 2,
+        grace: float = 30.0,
+        clock: Callable[[], datetime] = now_utc,
+    ) -> None:
+        self.settings = settings
+        self.grace = grace
+        self.clock = clock
+        self.scheduler = Scheduler(settings, RunIndex(settings.database), clock=clock)
+        self.dispatcher = Dispatcher(self.scheduler, max_parallel=max_parallel)
+        self._stopping = False
+        self._reload = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._watch_stop = threading.Event()
+
+    # -- waking up ---------------------------------------------------------------------------
+    def _poke(self) -> None:
+        try:
+            os.write(self._wake_w, b".")
+        except BlockingIOError:
+            pass  # already has a wake-up pending
+
+    def stop(self, signum: int = signal.SIGTERM, _frame: FrameType | None = None) -> None:
+        """Ask the daemon to stop (safe from a signal handler)."""
+        self._stopping = True
+        self._poke()
+
+    def _watch_schedules(self) -> None:
+        import watchfiles
+
+        folder = self.settings.schedules_dir
+        for _changes in watchfiles.watch(
+            folder, stop_event=self._watch_stop, debounce=200, raise_interrupt=False
+        ):
+            self._reload = True
+            self._poke()
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self) -> int:
+        """Run until stopped; return the exit code."""
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        watcher = threading.Thread(target=self._watch_schedules, name="schedule-watch", daemon=True)
+        watcher.start()
+        scheduler, dispatcher = self.scheduler, self.dispatcher
+        scheduler.load()
+        log.info("serving %d schedules from %s", len(scheduler.schedules), self.settings.project)
+        for planned in scheduler.recover(self.clock()):
+            dispatcher.submit(planned)
+        try:
+            while not self._stopping:
+                if self._reload:
+                    self._reload = False
+                    scheduler.load()
+                    log.info("schedules reloaded: %s", ", ".join(sorted(scheduler.schedules)))
+                now = self.clock()
+                for planned in scheduler.plan(now):
+                    dispatcher.submit(planned)
+                dispatcher.reap()
+                wake = scheduler.next_wake(now)
+                timeout = MAX_SLEEP
+                if wake is not None:
+                    timeout = min(max((wake - self.clock()).total_seconds(), 0.0), MAX_SLEEP)
+                if dispatcher.pending:
+                    timeout = min(timeout, 1.0)  # queued behind a run of another process
+                dispatcher.wait(timeout, extra=[self._wake_r])
+                self._drain_wakeups()
+                dispatcher.reap()
+        finally:
+            self._watch_stop.set()
+            self._shutdown()
+        return 0
+
+    def _shutdown(self) -> None:
+        dispatcher = self.dispatcher
+        if dispatcher.pending:
+            log.info("not starting %d queued runs: stopping", len(dispatcher.pending))
+            dispatcher.pending.clear()
+        deadline = time.monotonic() + self.grace
+        while dispatcher.running and time.monotonic() < deadline:
+            dispatcher.wait(max(deadline - time.monotonic(), 0.0))
+            dispatcher.reap()
+        if dispatcher.running:
+            log.info(
+                "interrupting %d runs after the %gs grace period",
+                len(dispatcher.running),
+                self.grace,
+            )
+            dispatcher.interrupt()
+            while dispatcher.running:
+                dispatcher.wait(5.0)
+                dispatcher.reap()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
