@@ -328,6 +328,8 @@ class Scheduler:
 def _runner_alive(pid: int, started_at: str) -> bool:
     try:
         proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:  # dead, but nobody reaped it (no init here)
+            return False
         # A recycled pid belongs to a process younger than the run.
         return proc.create_time() <= datetime.fromisoformat(started_at).timestamp() + 1
     except psutil.Error:

@@ -53,19 +53,18 @@ def _watch_parent(parent: int) -> None:
 
     while True:
         time.sleep(0.5)
-        if os.getppid() != parent and not _pid_alive(parent):
+        if not _pid_alive(parent):
             interrupt_all(f"its scheduler (pid {parent}) died")
             return
 
 
 def _pid_alive(pid: int) -> bool:
+    import psutil
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
         return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _child(job: Job, settings: Settings, parent: int, conn: Connection) -> None:
