@@ -9,6 +9,7 @@ them; their records end ``interrupted`` and are saved.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -54,10 +55,8 @@ class Daemon:
 
     # -- waking up ---------------------------------------------------------------------------
     def _poke(self) -> None:
-        try:
+        with contextlib.suppress(BlockingIOError):  # a wake-up is already pending
             os.write(self._wake_w, b".")
-        except BlockingIOError:
-            pass  # already has a wake-up pending
 
     def stop(self, signum: int = signal.SIGTERM, _frame: FrameType | None = None) -> None:
         """Ask the daemon to stop (safe from a signal handler)."""
@@ -75,11 +74,9 @@ class Daemon:
             self._poke()
 
     def _drain_wakeups(self) -> None:
-        try:
+        with contextlib.suppress(BlockingIOError):
             while os.read(self._wake_r, 4096):
                 pass
-        except BlockingIOError:
-            pass
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> int:

@@ -41,7 +41,7 @@ import calendar
 from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -56,12 +56,17 @@ _ALIASES = {
     "@midnight": "0 0 * * *",
     "@hourly": "0 * * * *",
 }
-_MONTHS = {n: i + 1 for i, n in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split())}
-_WEEKDAYS = {n: i for i, n in enumerate("sun mon tue wed thu fri sat".split())}
+_MONTHS = {
+    n: i + 1
+    for i, n in enumerate(
+        ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
+    )
+}
+_WEEKDAYS = {n: i for i, n in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])}
 _LONGEST_MONTH = (0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 _MINUTE = timedelta(minutes=1)
 _SECOND = timedelta(seconds=1)
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Offset changes are found by probing at this stride, which assumes a zone
 # never changes offset twice within it. The closest pair in tzdata is ~4 days
 # apart (Africa/Freetown 1939), and ~7 days since 1970.
@@ -76,17 +81,18 @@ _REACH = timedelta(days=2)
 class _Field:
     name: str
     low: int
-    high: int
+    high: int  # the largest value that may be written
+    last: int  # where "*" and "a/n" stop: day of week writes 7 for Sunday but cycles 0-6
     bounds: str
     names: dict[str, int]
 
 
 _FIELDS = (
-    _Field("minute", 0, 59, "0-59", {}),
-    _Field("hour", 0, 23, "0-23", {}),
-    _Field("day of month", 1, 31, "1-31", {}),
-    _Field("month", 1, 12, "1-12 or jan-dec", _MONTHS),
-    _Field("day of week", 0, 7, "0-7 or sun-sat", _WEEKDAYS),
+    _Field("minute", 0, 59, 59, "0-59", {}),
+    _Field("hour", 0, 23, 23, "0-23", {}),
+    _Field("day of month", 1, 31, 31, "1-31", {}),
+    _Field("month", 1, 12, 12, "1-12 or jan-dec", _MONTHS),
+    _Field("day of week", 0, 7, 6, "0-7 or sun-sat", _WEEKDAYS),
 )
 
 
@@ -117,49 +123,58 @@ class _Spec:
             dom = range(1, 32) if self.dom_any else self.doms
             dow = range(7) if self.dow_any else self.dows
             if self.dom_any or self.dow_any:
-                days = tuple(d for d in range(1, length + 1) if d in dom and (sunday_first + d - 1) % 7 in dow)
+                days = tuple(
+                    d
+                    for d in range(1, length + 1)
+                    if d in dom and (sunday_first + d - 1) % 7 in dow
+                )
             else:
-                days = tuple(d for d in range(1, length + 1) if d in dom or (sunday_first + d - 1) % 7 in dow)
+                days = tuple(
+                    d for d in range(1, length + 1) if d in dom or (sunday_first + d - 1) % 7 in dow
+                )
             if len(self._days) > 240:  # bound memory when iterating across decades
                 self._days.clear()
             self._days[key] = days
         return days
 
 
-def _value(token: str, spec: _Field, item: str) -> int:
+def _value(token: str, column: _Field, item: str) -> int:
     if token.isascii() and token.isdigit():
         number = int(token)
     else:
-        number = spec.names.get(token.lower(), -1)
-    if not spec.low <= number <= spec.high:
-        raise ValueError(f'{spec.name} must be {spec.bounds}, got "{item}"')
+        number = column.names.get(token.lower(), -1)
+    if not column.low <= number <= column.high:
+        raise ValueError(f'{column.name} must be {column.bounds}, got "{item}"')
     return number
 
 
-def _parse_field(text: str, spec: _Field) -> frozenset[int]:
+def _parse_field(text: str, column: _Field) -> frozenset[int]:
+    name = column.name
     values: set[int] = set()
     for item in text.split(","):
         span, slash, step_text = item.partition("/")
         step = 1
         if slash:
             if not (step_text.isascii() and step_text.isdigit()):
-                raise ValueError(f'{spec.name} step must be a number, got "{item}"')
+                raise ValueError(f'{name} step must be a number, got "{item}"')
             step = int(step_text)
             if step < 1:
-                raise ValueError(f'{spec.name} step must be at least 1, got "{item}"')
-            if step > spec.high:
-                raise ValueError(f'{spec.name} must be {spec.bounds}, got step {step} in "{item}"')
+                raise ValueError(f'{name} step must be at least 1, got "{item}"')
+            if step > column.high:
+                raise ValueError(f'{name} must be {column.bounds}, got step {step} in "{item}"')
         if span == "*":
-            low, high = spec.low, spec.high
+            low, high = column.low, column.last
         else:
             first, dash, last = span.partition("-")
-            low = _value(first, spec, item)
+            low = _value(first, column, item)
             # "a/n" runs from a to the field's end, as in cronie and croniter.
-            high = _value(last, spec, item) if dash else (spec.high if slash else low)
+            high = _value(last, column, item) if dash else (max(low, column.last) if slash else low)
             if low > high:
-                raise ValueError(f'{spec.name} range must run low to high, got "{item}"; split it in two')
+                raise ValueError(
+                    f'{name} range must run low to high, got "{item}"; split it in two'
+                )
         values.update(range(low, high + 1, step))
-    if spec.high == 7:  # day of week: 7 is another name for Sunday
+    if column.high == 7:  # day of week: 7 is another name for Sunday
         values = {v % 7 for v in values}
     return frozenset(values)
 
@@ -174,13 +189,26 @@ def _parse(expr: str) -> _Spec:
     parts = text.split()
     if len(parts) != 5:
         hint = "; seconds and year fields are not supported" if len(parts) in (6, 7) else ""
-        raise ValueError(f"expected 5 fields (minute hour day-of-month month day-of-week), got {len(parts)}{hint}")
-    minutes, hours, doms, months, dows = (_parse_field(p, f) for p, f in zip(parts, _FIELDS, strict=True))
+        raise ValueError(
+            "expected 5 fields (minute hour day-of-month month day-of-week),"
+            f" got {len(parts)}{hint}"
+        )
+    minutes, hours, doms, months, dows = (
+        _parse_field(p, f) for p, f in zip(parts, _FIELDS, strict=True)
+    )
     dom_any, dow_any = parts[2] == "*", parts[4] == "*"
     # With a free weekday the day of month alone decides, so "31 2" never fires.
     if dow_any and not any(d <= _LONGEST_MONTH[m] for m in months for d in doms):
         raise ValueError(f'day of month "{parts[2]}" never occurs in month "{parts[3]}"')
-    return _Spec(tuple(sorted(minutes)), tuple(sorted(hours)), tuple(sorted(months)), doms, dows, dom_any, dow_any)
+    return _Spec(
+        tuple(sorted(minutes)),
+        tuple(sorted(hours)),
+        tuple(sorted(months)),
+        doms,
+        dows,
+        dom_any,
+        dow_any,
+    )
 
 
 def validate_cron(expr: str) -> None:
@@ -241,7 +269,7 @@ def _wall_offset(tz: ZoneInfo, wall: datetime) -> timedelta:
 
 
 def _instant(wall: datetime, offset: timedelta) -> datetime:
-    return wall.replace(tzinfo=timezone.utc) - offset
+    return wall.replace(tzinfo=UTC) - offset
 
 
 def _transition(tz: ZoneInfo, low: datetime, high: datetime) -> datetime:
@@ -279,7 +307,7 @@ def _next_once(spec: _Spec, tz: ZoneInfo, after: datetime) -> datetime | None:
 
 def _next_every(spec: _Spec, tz: ZoneInfo, after: datetime) -> datetime | None:
     """Rule 4: the first instant after ``after`` whose own wall clock matches."""
-    after = after.astimezone(timezone.utc)  # probes below step in real time, not wall time
+    after = after.astimezone(UTC)  # probes below step in real time, not wall time
     wall, strict = after.astimezone(tz), True
     offset = _offset(wall)
     while True:
@@ -318,7 +346,9 @@ def _next(spec: _Spec, tz: ZoneInfo, after: datetime) -> datetime | None:
 
 def _aware(moment: datetime, name: str) -> datetime:
     if moment.utcoffset() is None:
-        raise ValueError(f"`{name}` must be a timezone-aware datetime, got naive {moment.isoformat()}")
+        raise ValueError(
+            f"`{name}` must be a timezone-aware datetime, got naive {moment.isoformat()}"
+        )
     return moment
 
 
@@ -337,7 +367,9 @@ def next_fire(expr: str, tz: ZoneInfo, after: datetime) -> datetime:
     """
     fire = _next(_parse(expr), tz, _aware(after, "after"))
     if fire is None:
-        raise ValueError(f'cron "{expr}" does not fire after {after.isoformat()} before the year 10000')
+        raise ValueError(
+            f'cron "{expr}" does not fire after {after.isoformat()} before the year 10000'
+        )
     return fire
 
 
@@ -350,7 +382,7 @@ def iter_fires(expr: str, tz: ZoneInfo, after: datetime) -> Iterator[datetime]:
 def fires_between(
     expr: str, tz: ZoneInfo, start: datetime, end: datetime, limit: int | None = None
 ) -> list[datetime]:
-    """Return the fire instants t with start < t <= end, increasing, at most the earliest ``limit``."""
+    """Return the fire instants t with start < t <= end, increasing; the earliest ``limit``."""
     if limit is not None and limit < 0:
         raise ValueError(f"`limit` must be at least 0, got {limit}")
     stop = _aware(end, "end")

@@ -108,6 +108,27 @@ def versions() -> dict[str, str]:
     return out
 
 
+def runner_identity() -> str:
+    """Return ``pid@start-time`` of this process; a recycled pid never matches it."""
+    import psutil
+
+    return f"{os.getpid()}@{psutil.Process().create_time():.3f}"
+
+
+def runner_alive(identity: str) -> bool:
+    """Return True if the process named by ``runner_identity()`` still runs (zombies do not)."""
+    import psutil
+
+    pid_text, _, ctime = identity.partition("@")
+    try:
+        proc = psutil.Process(int(pid_text))
+        if proc.status() == psutil.STATUS_ZOMBIE:  # dead, but nobody reaped it
+            return False
+        return abs(proc.create_time() - float(ctime)) < 0.01
+    except (psutil.Error, ValueError):
+        return False
+
+
 def record_path(runs: Path, run_id: str) -> Path:
     """Return where the notebook of ``run_id`` lives: by schedule, then year/month/day."""
     schedule, _, stamp = run_id.partition("/")
@@ -157,7 +178,7 @@ runs_table = sa.Table(
     sa.Column("host", sa.String(255), nullable=False),
     sa.Column("versions", sa.Text, nullable=False),
     # Not record fields: who is running it, so a dead runner's run can be found and closed.
-    sa.Column("runner_pid", sa.Integer),
+    sa.Column("runner", sa.String(64)),
     sa.Column("heartbeat_at", sa.String(40)),
     sa.Column("record_version", sa.Integer, nullable=False, default=RECORD_VERSION),
     sa.Index("ix_nbcron_runs_schedule_started", "schedule", "started_at"),
@@ -194,27 +215,27 @@ class RunIndex:
         self.url = url
         self.engine = _engine(url)
 
-    def _row(self, record: RunRecord, runner_pid: int | None) -> dict[str, Any]:
+    def _row(self, record: RunRecord, runner: str | None) -> dict[str, Any]:
         row = record.to_dict()
         for key in _JSON_COLUMNS:
             row[key] = None if row[key] is None else json.dumps(row[key], sort_keys=True)
-        row["runner_pid"] = runner_pid
+        row["runner"] = runner
         row["heartbeat_at"] = iso(now_utc())
         row["record_version"] = RECORD_VERSION
         return row
 
-    def insert(self, record: RunRecord, runner_pid: int | None = None) -> bool:
+    def insert(self, record: RunRecord, runner: str | None = None) -> bool:
         """Add a new run; return False (and change nothing) if its run id already exists."""
         try:
             with self.engine.begin() as conn:
-                conn.execute(runs_table.insert().values(**self._row(record, runner_pid)))
+                conn.execute(runs_table.insert().values(**self._row(record, runner)))
         except sa.exc.IntegrityError:
             return False
         return True
 
-    def save(self, record: RunRecord, runner_pid: int | None = None) -> None:
+    def save(self, record: RunRecord, runner: str | None = None) -> None:
         """Insert or replace the run's row."""
-        row = self._row(record, runner_pid)
+        row = self._row(record, runner)
         with self.engine.begin() as conn:
             updated = conn.execute(
                 runs_table.update().where(runs_table.c.run_id == record.run_id).values(**row)
@@ -262,13 +283,13 @@ class RunIndex:
         with self.engine.connect() as conn:
             return {row.schedule: row.status for row in conn.execute(query)}
 
-    def running(self) -> Iterator[tuple[RunRecord, int | None, str | None]]:
-        """Yield (record, runner pid, heartbeat) for every run still marked running."""
+    def running(self) -> Iterator[tuple[RunRecord, str | None, str | None]]:
+        """Yield (record, runner identity, heartbeat) for every run still marked running."""
         query = sa.select(runs_table).where(runs_table.c.status == "running")
         with self.engine.connect() as conn:
             rows = list(conn.execute(query))
         for row in rows:
-            yield _record(row._mapping), row.runner_pid, row.heartbeat_at
+            yield _record(row._mapping), row.runner, row.heartbeat_at
 
     def newest(self, schedule: str, scheduled: bool = True) -> RunRecord | None:
         """Return the schedule's newest run (by fire instant, then attempt) or None.
@@ -306,9 +327,7 @@ class RunIndex:
 
 
 def _record(row: Any) -> RunRecord:
-    data = {
-        k: row[k] for k in row if k not in ("runner_pid", "heartbeat_at", "record_version")
-    }
+    data = {k: row[k] for k in row if k not in ("runner", "heartbeat_at", "record_version")}
     for key in _JSON_COLUMNS:
         data[key] = None if data[key] is None else json.loads(data[key])
     return RunRecord.from_dict(data)

@@ -39,6 +39,7 @@ from toolkit.records import (
     iso,
     now_utc,
     record_path,
+    runner_identity,
     versions,
 )
 from toolkit.schedules import Schedule, check_parameters, resolve_secrets
@@ -141,7 +142,8 @@ def run_schedule(
         parameters=scrubber.node(copy.deepcopy(parameters)),
         versions=versions(),
     )
-    if not index.insert(record, runner_pid=os.getpid()):
+    runner = runner_identity()
+    if not index.insert(record, runner=runner):
         log.info("run %s already exists; not starting it again", run_id)
         return None
 
@@ -175,7 +177,7 @@ def run_schedule(
                 write=write,
                 timeout=schedule.timeout,
                 start_timeout=attempt_start_timeout,
-                heartbeat=lambda: index.save(record, runner_pid=os.getpid()),
+                heartbeat=lambda: index.save(record, runner=runner),
             )
             with _active_lock:
                 _active.add(execution)
@@ -213,7 +215,7 @@ def run_schedule(
         if nb is None:
             nb = _placeholder_notebook(schedule)
         _write_record(output, nb, record, scrubber, None, final=True)
-        index.save(record, runner_pid=None)
+        index.save(record, runner=None)
         log.info("%s %s in %.1fs -> %s", run_id, record.status, record.duration_s, output)
     return record
 
@@ -425,7 +427,11 @@ def close_dead_run(record: RunRecord, index: RunIndex, reason: str, ended: datet
         nb = nbformat.read(path, as_version=4)
         cells = nb.cells
         running = next(
-            (i for i, c in enumerate(cells) if c.get("metadata", {}).get("papermill", {}).get("status") == "running"),
+            (
+                i
+                for i, c in enumerate(cells)
+                if c.get("metadata", {}).get("papermill", {}).get("status") == "running"
+            ),
             None,
         )
         if running is not None:
@@ -435,5 +441,5 @@ def close_dead_run(record: RunRecord, index: RunIndex, reason: str, ended: datet
     except Exception:
         nb = nbformat.v4.new_notebook()
     _write_record(path, nb, record, Scrubber({}), None, final=True)
-    index.save(record, runner_pid=None)
+    index.save(record, runner=None)
     return record

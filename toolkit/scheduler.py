@@ -35,13 +35,12 @@ from datetime import datetime, timedelta
 from multiprocessing.connection import wait as wait_for
 from typing import Any
 
-import psutil
 import sqlalchemy as sa
 
 from toolkit.errors import ConfigError
 from toolkit.firetimes import fires_between, iter_fires, next_fire
 from toolkit.kernels import kill_run_processes
-from toolkit.records import RunIndex, RunRecord, iso, now_utc
+from toolkit.records import RunIndex, RunRecord, iso, now_utc, runner_alive
 from toolkit.runner import close_dead_run, make_run_id, record_without_running
 from toolkit.schedules import Schedule, load_schedule
 from toolkit.settings import Settings
@@ -299,16 +298,17 @@ class Scheduler:
         """Close runs whose runner died; return the re-runs their catch-up policy asks for."""
         host = socket.gethostname()
         closed: list[RunRecord] = []
-        for record, pid, heartbeat in list(self.index.running()):
+        for record, runner, heartbeat in list(self.index.running()):
             dead = False
-            if record.host == host and pid:
-                dead = not _runner_alive(pid, record.started_at)
+            if record.host == host and runner:
+                dead = not runner_alive(runner)
             if heartbeat and now_utc() - datetime.fromisoformat(heartbeat) > LEASE:
                 dead = True
             if not dead:
                 continue
             if record.host == host:
                 kill_run_processes(record.run_id)
+            pid = (runner or "?").partition("@")[0]
             reason = f"its runner (pid {pid} on {record.host}) died; found by the scheduler"
             ended = datetime.fromisoformat(heartbeat) if heartbeat else now_utc()
             closed.append(close_dead_run(record, self.index, reason, ended))
@@ -323,17 +323,6 @@ class Scheduler:
             fire = datetime.fromisoformat(latest.scheduled_for)
             reruns.append(self._planned(schedule, fire, "catchup", latest.attempt + 1))
         return reruns
-
-
-def _runner_alive(pid: int, started_at: str) -> bool:
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:  # dead, but nobody reaped it (no init here)
-            return False
-        # A recycled pid belongs to a process younger than the run.
-        return proc.create_time() <= datetime.fromisoformat(started_at).timestamp() + 1
-    except psutil.Error:
-        return False
 
 
 @dataclass
