@@ -8,6 +8,7 @@ one end-to-end `tick` checks the same answer through the CLI.
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import datetime, timedelta, timezone
 
@@ -160,7 +161,7 @@ def test_hourly_job_fires_as_often_as_the_clock_has_hours(
 ) -> None:
     got = fires(project, "0 * * * *", tz, day_start, day_end)
     assert len(got) == count
-    spacing = {utc(b[:-1]) - utc(a[:-1]) for a, b in zip(got, got[1:], strict=False)}
+    spacing = {utc(b[:-1]) - utc(a[:-1]) for a, b in itertools.pairwise(got)}
     assert spacing == {timedelta(hours=1)}
 
 

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
+from dataclasses import replace
+from datetime import datetime, timedelta
 from types import FrameType
 
 from toolkit.records import RunIndex, now_utc
-from toolkit.scheduler import Dispatcher, Scheduler
+from toolkit.scheduler import Dispatcher, Planned, Scheduler
 from toolkit.settings import Settings
 
 __all__ = ["Daemon"]
@@ -29,6 +31,12 @@ log = logging.getLogger("nbcron")
 
 # Longest sleep: a wall clock moved by hand (or by NTP) is noticed within this.
 MAX_SLEEP = 60.0
+# Runs are started this long before their fire instant: the kernel (about a second) is up and
+# waiting when the instant comes, so the first cell starts on time. The record's started_at is
+# still the real start of execution.
+PRESTART = 2.0
+# Kernels starting together share the CPUs: allow this much more lead per run per core.
+KERNEL_START = 1.0
 
 
 class Daemon:
@@ -52,6 +60,7 @@ class Daemon:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._watch_stop = threading.Event()
+        self._deferred: list[Planned] = []
 
     # -- waking up ---------------------------------------------------------------------------
     def _poke(self) -> None:
@@ -96,14 +105,16 @@ class Daemon:
                     self._reload = False
                     scheduler.load()
                     log.info("schedules reloaded: %s", ", ".join(sorted(scheduler.schedules)))
-                now = self.clock()
-                for planned in scheduler.plan(now):
-                    dispatcher.submit(planned)
+                self._step(self.clock())
                 dispatcher.reap()
-                wake = scheduler.next_wake(now)
+                targets = [t for t in (scheduler.next_wake(self.clock()),) if t is not None]
+                targets = [t - timedelta(seconds=self._lead(t)) for t in targets]
+                targets += [p.job.scheduled_for for p in self._deferred if p.job.scheduled_for]
                 timeout = MAX_SLEEP
-                if wake is not None:
-                    timeout = min(max((wake - self.clock()).total_seconds(), 0.0), MAX_SLEEP)
+                if targets:
+                    timeout = min(
+                        max((min(targets) - self.clock()).total_seconds(), 0.0), MAX_SLEEP
+                    )
                 if dispatcher.pending:
                     timeout = min(timeout, 1.0)  # queued behind a run of another process
                 dispatcher.wait(timeout, extra=[self._wake_r])
@@ -113,6 +124,32 @@ class Daemon:
             self._watch_stop.set()
             self._shutdown()
         return 0
+
+    def _lead(self, fire: datetime) -> float:
+        """Return how many seconds before ``fire`` its runs should be started."""
+        due = self.scheduler.due_count(fire)
+        slots = min(due, self.dispatcher.max_parallel)
+        return PRESTART + KERNEL_START * max(math.ceil(slots / (os.cpu_count() or 1)) - 1, 0)
+
+    def _step(self, now: datetime) -> None:
+        """Submit what is due now, and pre-start what falls due within ``PRESTART``."""
+        scheduler, dispatcher = self.scheduler, self.dispatcher
+        for planned in [
+            p for p in self._deferred if p.job.scheduled_for and p.job.scheduled_for <= now
+        ]:
+            self._deferred.remove(planned)
+            dispatcher.submit(Planned(replace(planned.job, not_before=None), planned.schedule))
+        wake = scheduler.next_wake(now)
+        if wake is None or (wake - now).total_seconds() > self._lead(wake):
+            return
+        for planned in scheduler.plan(max(wake, now)):
+            fire = planned.job.scheduled_for
+            if planned.job.trigger == "schedule" and fire is not None and fire > now:
+                early = Planned(replace(planned.job, not_before=fire), planned.schedule)
+                if not dispatcher.submit(early):
+                    self._deferred.append(planned)  # busy now: decide at the fire instant
+            else:
+                dispatcher.submit(planned)
 
     def _shutdown(self) -> None:
         dispatcher = self.dispatcher

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,9 @@ class Execution:
     autosave_every: float = 5.0
     heartbeat: Callable[[], None] | None = None
     heartbeat_every: float = 30.0
+    # Start the kernel now but run the first cell only at this instant (pre-started runs).
+    not_before: datetime | None = None
+    on_start: Callable[[], None] | None = None
     stop_reason: str | None = None
     stop_detail: str = ""
     current_cell: int | None = None
@@ -83,6 +87,17 @@ class Execution:
             self.stop_detail = detail
         self._attach()
         self.tree.kill()
+
+    def wait_for_start(self) -> None:
+        """Hold the first cell until ``not_before`` (or a stop), then report the real start."""
+        if self.not_before is not None:
+            while self.stop_reason is None:
+                remaining = (self.not_before - datetime.now(timezone.utc)).total_seconds()
+                if remaining <= 0:
+                    break
+                self._done.wait(min(remaining, 0.05))
+        if self.on_start is not None and self.stop_reason is None:
+            self.on_start()
 
     def _attach(self) -> None:
         if self.tree.root is None and self._km is not None:
@@ -279,6 +294,7 @@ class _Client(PapermillNotebookClient):  # type: ignore[misc]
 
     def papermill_execute_cells(self) -> None:
         self.execution._attach()
+        self.execution.wait_for_start()
         if self.execution.stop_reason is not None:
             self.execution.tree.kill()
             return

@@ -204,8 +204,31 @@ def _engine(url: str) -> sa.Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
 
-    _metadata.create_all(engine, checkfirst=True)
+    ensure_schema(engine, _metadata)
     return engine
+
+
+def ensure_schema(engine: sa.Engine, metadata: sa.MetaData) -> None:
+    """Create missing tables, and add columns that a newer nbcron introduced to old ones.
+
+    Columns are only ever added (nullable, or with a default), so an index written by an older
+    release keeps working and can be shared by mixed versions during an upgrade.
+    """
+    metadata.create_all(engine, checkfirst=True)
+    inspector = sa.inspect(engine)
+    for table in metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            kind = column.type.compile(dialect=engine.dialect)
+            with engine.begin() as conn:
+                conn.execute(
+                    sa.text(
+                        f"ALTER TABLE {engine.dialect.identifier_preparer.quote(table.name)} "
+                        f"ADD COLUMN {engine.dialect.identifier_preparer.quote(column.name)} {kind}"
+                    )
+                )
 
 
 class RunIndex:

@@ -108,8 +108,12 @@ def run_schedule(
     dry_run: bool = False,
     index: RunIndex | None = None,
     start_timeout: float = 60.0,
+    not_before: datetime | None = None,
 ) -> RunRecord | None:
     """Run the schedule's notebook now; return its final record.
+
+    With ``not_before``, the kernel starts at once but the first cell runs at that instant
+    (the scheduler pre-starts runs so they begin on time); ``started_at`` is the real start.
 
     Returns None, running nothing, when ``run_id`` is already in the index (another scheduler
     started it). Raises ConfigError subclasses for bad parameters or secrets before any record
@@ -163,6 +167,12 @@ def run_schedule(
         def write(current: Any, running_cell: int | None) -> None:
             _write_record(output, current, record, scrubber, running_cell)
 
+        def started_now() -> None:
+            nonlocal started
+            started = now_utc()
+            record.started_at = iso(started) or record.started_at
+            index.save(record, runner=runner)
+
         pristine = copy.deepcopy(nb)
         for attempt_start_timeout in (start_timeout, min(start_timeout, 30.0)):
             execution = Execution(
@@ -178,6 +188,8 @@ def run_schedule(
                 timeout=schedule.timeout,
                 start_timeout=attempt_start_timeout,
                 heartbeat=lambda: index.save(record, runner=runner),
+                not_before=not_before,
+                on_start=started_now if not_before is not None else None,
             )
             with _active_lock:
                 _active.add(execution)

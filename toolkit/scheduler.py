@@ -40,7 +40,7 @@ import sqlalchemy as sa
 from toolkit.errors import ConfigError
 from toolkit.firetimes import fires_between, iter_fires, next_fire
 from toolkit.kernels import kill_run_processes
-from toolkit.records import RunIndex, RunRecord, iso, now_utc, runner_alive
+from toolkit.records import RunIndex, RunRecord, ensure_schema, iso, now_utc, runner_alive
 from toolkit.runner import close_dead_run, make_run_id, record_without_running
 from toolkit.schedules import Schedule, load_schedule
 from toolkit.settings import Settings
@@ -123,7 +123,7 @@ class Scheduler:
     _next: dict[str, datetime] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _metadata.create_all(self.index.engine, checkfirst=True)
+        ensure_schema(self.index.engine, _metadata)
 
     # -- schedules ---------------------------------------------------------------------------
     def load(self) -> None:
@@ -185,6 +185,10 @@ class Scheduler:
         if due:
             candidates.append(datetime.fromisoformat(due))
         return min(candidates) if candidates else None
+
+    def due_count(self, moment: datetime) -> int:
+        """Return how many schedules fire at exactly ``moment`` (as far as computed)."""
+        return sum(1 for fire in self._next.values() if fire == moment)
 
     # -- planning ----------------------------------------------------------------------------
     def plan(self, at: datetime) -> list[Planned]:
@@ -339,7 +343,12 @@ class Dispatcher:
     def _busy(self, name: str) -> bool:
         return any(w.job.schedule == name for w in self.running)
 
-    def submit(self, planned: Planned) -> None:
+    def submit(self, planned: Planned) -> bool:
+        """Start, queue or skip a planned run; return False for a pre-start that must wait.
+
+        A pre-started run (``job.not_before``) is only taken while its schedule is idle, so the
+        overlap policy is decided at the fire instant, not seconds before it.
+        """
         schedule, job = planned.schedule, planned.job
         queued_here = any(p.schedule.name == schedule.name for p in self.pending)
         busy = (
@@ -347,6 +356,8 @@ class Dispatcher:
             or queued_here
             or self.scheduler.index.has_running(schedule.name)
         )
+        if busy and job.not_before is not None:
+            return False
         if busy and schedule.overlap == "skip" and job.trigger != "catchup":
             record = record_without_running(
                 schedule,
@@ -360,9 +371,10 @@ class Dispatcher:
             )
             if record is not None:
                 self.finished.append(record)
-            return
+            return True
         self.pending.append(planned)
         self.fill()
+        return True
 
     def fill(self) -> None:
         """Start pending runs while there is room and their schedule's overlap allows."""

@@ -46,6 +46,7 @@ class Job:
     scheduled_for: datetime | None
     attempt: int
     run_id: str
+    not_before: datetime | None = None
 
 
 def _watch_parent(parent: int) -> None:
@@ -85,6 +86,7 @@ def _child(job: Job, settings: Settings, parent: int, conn: Connection) -> None:
             scheduled_for=job.scheduled_for,
             attempt=job.attempt,
             run_id=job.run_id,
+            not_before=job.not_before,
         )
         result = record.to_dict() if record is not None else None
     except Exception as exc:  # reported to the scheduler, which logs it
