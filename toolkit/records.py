@@ -108,24 +108,38 @@ def versions() -> dict[str, str]:
     return out
 
 
-def runner_identity() -> str:
-    """Return ``pid@start-time`` of this process; a recycled pid never matches it."""
-    import psutil
+def _start_ticks(pid: int) -> str:
+    """Return when ``pid`` started, in a form that does not move when the wall clock does.
 
-    return f"{os.getpid()}@{psutil.Process().create_time():.3f}"
+    On Linux that is the start time in clock ticks since boot (/proc/PID/stat, field 22);
+    psutil's create_time() is derived from the wall clock at boot and can differ between two
+    processes on a machine whose clock is being adjusted.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        import psutil
+
+        return f"{psutil.Process(pid).create_time():.2f}"
+
+
+def runner_identity() -> str:
+    """Return ``pid@start`` of this process; a recycled pid never matches it."""
+    return f"{os.getpid()}@{_start_ticks(os.getpid())}"
 
 
 def runner_alive(identity: str) -> bool:
     """Return True if the process named by ``runner_identity()`` still runs (zombies do not)."""
     import psutil
 
-    pid_text, _, ctime = identity.partition("@")
+    pid_text, _, start = identity.partition("@")
     try:
-        proc = psutil.Process(int(pid_text))
-        if proc.status() == psutil.STATUS_ZOMBIE:  # dead, but nobody reaped it
+        pid = int(pid_text)
+        if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:  # dead, but nobody reaped it
             return False
-        return abs(proc.create_time() - float(ctime)) < 0.01
-    except (psutil.Error, ValueError):
+        return _start_ticks(pid) == start
+    except (psutil.Error, ValueError, OSError):
         return False
 
 

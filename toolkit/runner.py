@@ -131,20 +131,15 @@ def run_schedule(
     started = now_utc()
     run_id = run_id or make_run_id(schedule.name, trigger, scheduled_for, attempt, started)
     output = record_path(settings.runs, run_id)
-    record = RunRecord(
-        run_id=run_id,
-        schedule=schedule.name,
-        trigger=trigger,
-        attempt=attempt,
-        status="running",
-        scheduled_for=iso(scheduled_for),
-        started_at=iso(started) or "",
-        finished_at=None,
-        duration_s=None,
-        notebook=_shown(schedule.notebook, settings),
-        output=str(output),
+    record = _new_record(
+        schedule,
+        settings,
+        run_id,
+        trigger,
+        scheduled_for,
+        attempt,
+        started,
         parameters=scrubber.node(copy.deepcopy(parameters)),
-        versions=versions(),
     )
     runner = runner_identity()
     if not index.insert(record, runner=runner):
@@ -230,6 +225,34 @@ def run_schedule(
         index.save(record, runner=None)
         log.info("%s %s in %.1fs -> %s", run_id, record.status, record.duration_s, output)
     return record
+
+
+def _new_record(
+    schedule: Schedule,
+    settings: Settings,
+    run_id: str,
+    trigger: Trigger,
+    scheduled_for: datetime | None,
+    attempt: int,
+    started: datetime,
+    parameters: dict[str, Any],
+) -> RunRecord:
+    """Return the record of a run that starts now, status ``running``."""
+    return RunRecord(
+        run_id=run_id,
+        schedule=schedule.name,
+        trigger=trigger,
+        attempt=attempt,
+        status="running",
+        scheduled_for=iso(scheduled_for),
+        started_at=iso(started) or "",
+        finished_at=None,
+        duration_s=None,
+        notebook=_shown(schedule.notebook, settings),
+        output=str(record_path(settings.runs, run_id)),
+        parameters=parameters,
+        versions=versions(),
+    )
 
 
 def _kernel_start_failed(outcome: Outcome) -> bool:
@@ -396,22 +419,20 @@ def record_without_running(
     """
     now = now_utc()
     output = record_path(settings.runs, run_id)
-    record = RunRecord(
-        run_id=run_id,
-        schedule=schedule.name,
-        trigger=trigger,
-        attempt=attempt,
-        status="skipped",
-        scheduled_for=iso(scheduled_for),
-        started_at=iso(now) or "",
-        finished_at=iso(now),
-        duration_s=0.0,
-        notebook=_shown(schedule.notebook, settings),
-        output=str(output),
+    record = _new_record(
+        schedule,
+        settings,
+        run_id,
+        trigger,
+        scheduled_for,
+        attempt,
+        now,
         parameters=dict(schedule.parameters),
-        error={"ename": "Skipped", "evalue": reason, "cell": None},
-        versions=versions(),
     )
+    record.status = "skipped"
+    record.finished_at = record.started_at
+    record.duration_s = 0.0
+    record.error = {"ename": "Skipped", "evalue": reason, "cell": None}
     if not index.insert(record):
         return None
     import nbformat

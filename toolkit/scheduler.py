@@ -306,7 +306,8 @@ class Scheduler:
             dead = False
             if record.host == host and runner:
                 dead = not runner_alive(runner)
-            if heartbeat and now_utc() - datetime.fromisoformat(heartbeat) > LEASE:
+            elif heartbeat and now_utc() - datetime.fromisoformat(heartbeat) > LEASE:
+                # Another machine's run: only its heartbeat can tell (its pid means nothing here).
                 dead = True
             if not dead:
                 continue
