@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -161,3 +163,21 @@ def test_clock_jumps_never_repeat_a_run_and_catch_up_at_most_once(project: Proje
     ]
     tick(project, "2200-01-01T03:00:00Z")
     assert runs(project, "minutely")[-1]["run_id"] == "minutely/22000101T030000Z"
+
+
+def test_list_shows_next_fire_in_the_schedule_timezone_and_last_status(project: Project) -> None:
+    project.schedule("berlin", "logs_run", cron="30 2 * * *", timezone="Europe/Berlin")
+    project.schedule("utc", "logs_run", cron="*/10 * * * *")
+    assert project.nbcron("run", "utc").returncode == 0
+    listed = {s["name"]: s for s in json.loads(project.nbcron("list", "--json").stdout)}
+    nxt = datetime.fromisoformat(listed["berlin"]["next_fire"])
+    now = datetime.now(timezone.utc)
+    assert now < nxt <= now + timedelta(days=1)
+    assert nxt.utcoffset() == nxt.astimezone(ZoneInfo("Europe/Berlin")).utcoffset()
+    assert (nxt.hour, nxt.minute) in {(2, 30), (3, 0)}
+    assert listed["berlin"]["last_status"] is None
+    assert listed["utc"]["last_status"] == "succeeded"
+    assert datetime.fromisoformat(listed["utc"]["next_fire"]).minute % 10 == 0
+    table = project.nbcron("list").stdout
+    for shown in ("berlin", "Europe/Berlin", "succeeded"):
+        assert shown in table
