@@ -21,7 +21,7 @@ from typing import Any
 from papermill.clientwrap import PapermillNotebookClient
 from papermill.engines import NotebookExecutionManager
 
-from toolkit.kernels import ProcessTree, make_kernel_manager
+from toolkit.kernels import TOKEN_VARIABLE, ProcessTree, make_kernel_manager
 from toolkit.outputs import MARKER_TAG, OutputBudget, kernel_cap_code, marker_text
 from toolkit.scrub import Scrubber
 
@@ -74,7 +74,7 @@ class Execution:
     budget: OutputBudget = field(init=False)
 
     def __post_init__(self) -> None:
-        self.tree = ProcessTree(self.run_id)
+        self.tree = ProcessTree(self.env[TOKEN_VARIABLE])
         self.budget = OutputBudget(limit=self.max_output)
         self._km: Any = None
         self._done = threading.Event()

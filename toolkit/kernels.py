@@ -2,9 +2,10 @@
 
 * Kernels listen on Unix sockets in a fresh ``0700`` directory, not on TCP ports, so no other
   local user can connect (and ipykernel has nothing to warn about).
-* A kernel runs in its own session (jupyter_client starts it with ``start_new_session``); its
-  children inherit ``NBCRON_RUN_ID``. Stopping a run kills the process group, every descendant
-  seen while it ran, and every process whose environment carries the run id, so a child that
+* A kernel runs in its own session (jupyter_client starts it with ``start_new_session``), and
+  its children inherit ``NBCRON_RUN_TOKEN``, unique per execution (two projects may well run
+  ``hello/<same instant>`` at once). Stopping a run kills the process group, every descendant
+  seen while it ran, and every process whose environment carries the token, so a child that
   called ``setsid`` or was orphaned when the kernel died is found too.
 """
 
@@ -24,7 +25,13 @@ from typing import Any
 
 import psutil
 
-__all__ = ["ProcessTree", "kill_run_processes", "make_kernel_manager", "private_runtime_dir"]
+__all__ = [
+    "TOKEN_VARIABLE",
+    "ProcessTree",
+    "kill_run_processes",
+    "make_kernel_manager",
+    "private_runtime_dir",
+]
 
 _quiet_log = logging.getLogger("nbcron.kernel")
 _quiet_log.setLevel(logging.CRITICAL)
@@ -79,8 +86,11 @@ def _environ_has(proc: psutil.Process, key: str, value: str) -> bool:
         return False
 
 
-def kill_run_processes(run_id: str, extra: Iterable[psutil.Process] = ()) -> list[int]:
-    """SIGKILL every process of run ``run_id`` (by environment tag) and the ones in ``extra``.
+TOKEN_VARIABLE = "NBCRON_RUN_TOKEN"
+
+
+def kill_run_processes(token: str, extra: Iterable[psutil.Process] = ()) -> list[int]:
+    """SIGKILL every process whose environment carries ``token`` and the ones in ``extra``.
 
     Returns the pids that were signalled. The caller's own process is never touched; psutil
     checks each process's start time, so a recycled pid is never hit.
@@ -88,11 +98,7 @@ def kill_run_processes(run_id: str, extra: Iterable[psutil.Process] = ()) -> lis
     me = os.getpid()
     targets: dict[int, psutil.Process] = {p.pid: p for p in extra if p.pid != me}
     for proc in psutil.process_iter():
-        if (
-            proc.pid != me
-            and proc.pid not in targets
-            and _environ_has(proc, "NBCRON_RUN_ID", run_id)
-        ):
+        if proc.pid != me and proc.pid not in targets and _environ_has(proc, TOKEN_VARIABLE, token):
             targets[proc.pid] = proc
     killed = []
     for pid, proc in targets.items():
@@ -108,8 +114,8 @@ def kill_run_processes(run_id: str, extra: Iterable[psutil.Process] = ()) -> lis
 class ProcessTree:
     """Remembers a kernel's descendants while it runs, so all of them can be killed later."""
 
-    def __init__(self, run_id: str) -> None:
-        self.run_id = run_id
+    def __init__(self, token: str) -> None:
+        self.token = token
         self.root: int | None = None
         self.pgid: int | None = None
         self.seen: dict[int, psutil.Process] = {}
@@ -144,4 +150,4 @@ class ProcessTree:
                 os.killpg(self.pgid, signal.SIGKILL)
         with self._lock:
             procs = list(self.seen.values())
-        return kill_run_processes(self.run_id, procs)
+        return kill_run_processes(self.token, procs)

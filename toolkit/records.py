@@ -125,7 +125,10 @@ def _start_ticks(pid: int) -> str:
 
 
 def runner_identity() -> str:
-    """Return ``pid@start`` of this process; a recycled pid never matches it."""
+    """Return ``pid@start`` of this process; a recycled pid never matches it.
+
+    The runner stores ``pid@start/token`` in the index; ``token`` tags the run's processes.
+    """
     return f"{os.getpid()}@{_start_ticks(os.getpid())}"
 
 
@@ -133,7 +136,7 @@ def runner_alive(identity: str) -> bool:
     """Return True if the process named by ``runner_identity()`` still runs (zombies do not)."""
     import psutil
 
-    pid_text, _, start = identity.partition("@")
+    pid_text, _, start = identity.partition("/")[0].partition("@")
     try:
         pid = int(pid_text)
         if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:  # dead, but nobody reaped it

@@ -31,7 +31,7 @@ from typing import Any
 from toolkit.context import ENV, Trigger
 from toolkit.errors import ConfigError, ParameterError
 from toolkit.execution import Execution, Outcome, notebook_json
-from toolkit.kernels import private_runtime_dir, remove_runtime_dir
+from toolkit.kernels import TOKEN_VARIABLE, private_runtime_dir, remove_runtime_dir
 from toolkit.records import (
     RunIndex,
     RunRecord,
@@ -141,7 +141,8 @@ def run_schedule(
         started,
         parameters=scrubber.node(copy.deepcopy(parameters)),
     )
-    runner = runner_identity()
+    token = _random.token_hex(8)  # tags every process of this execution, for killing them
+    runner = f"{runner_identity()}/{token}"
     if not index.insert(record, runner=runner):
         log.info("run %s already exists; not starting it again", run_id)
         return None
@@ -157,6 +158,7 @@ def run_schedule(
         env = _kernel_env(
             schedule, settings, record, runtime, secret_values, scheduled_for, dry_run
         )
+        env[TOKEN_VARIABLE] = token
         kernel_name = settings.kernel_name or _kernel_name(nb)
 
         def write(current: Any, running_cell: int | None) -> None:

@@ -311,8 +311,9 @@ class Scheduler:
                 dead = True
             if not dead:
                 continue
-            if record.host == host:
-                kill_run_processes(record.run_id)
+            token = (runner or "").partition("/")[2]
+            if record.host == host and token:
+                kill_run_processes(token)
             pid = (runner or "?").partition("@")[0]
             reason = f"its runner (pid {pid} on {record.host}) died; found by the scheduler"
             ended = datetime.fromisoformat(heartbeat) if heartbeat else now_utc()
