@@ -21,26 +21,39 @@ from toolkit.errors import (
     UpsertError,
 )
 
-if TYPE_CHECKING:  # pragma: no cover
-    pass
+if TYPE_CHECKING:  # the lazy names, for type checkers and editors
+    from toolkit.apiclient import RetryPolicy
+    from toolkit.apitarget import ApiTarget
+    from toolkit.sinks import UpsertResult, plan, upsert
 
 __version__ = "0.1.0"
 
 # name -> module that defines it; loaded on first attribute access (PEP 562).
-_LAZY: dict[str, str] = {}
+_LAZY: dict[str, str] = {
+    "ApiTarget": "toolkit.apitarget",
+    "RetryPolicy": "toolkit.apiclient",
+    "UpsertResult": "toolkit.sinks",
+    "plan": "toolkit.sinks",
+    "upsert": "toolkit.sinks",
+}
 
 __all__ = [
+    "ApiTarget",
     "ConfigError",
     "NbcronError",
     "ParameterError",
+    "RetryPolicy",
     "RunContext",
     "RunError",
     "ScheduleError",
     "SecretError",
     "UpsertError",
+    "UpsertResult",
     "context",
     "metric",
+    "plan",
     "secret",
+    "upsert",
 ]
 
 

@@ -7,8 +7,10 @@ lines) are read whole, because they are looked up by their parent's key as the p
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 from operator import itemgetter
@@ -91,6 +93,24 @@ class PlanRows:
         return pd.DataFrame(columns)
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Hold off the cyclic garbage collector while a chunk is worked on.
+
+    A chunk becomes tens of thousands of tuples and lists, none of them in a reference cycle;
+    left on, the collector re-scans them over and over (measured: 4x slower grouping of child
+    rows). Reference counting still frees everything, and the caller's own code (the rows'
+    generator) runs with the collector on.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def key_text(key: Sequence[str], values: Sequence[Any]) -> str:
     """Return ``order_id='A-1'``, or ``(order_id='A-1', line_no=2)`` for a composite key."""
     parts = [f"{name}={value!r}" for name, value in zip(key, values, strict=True)]
@@ -149,11 +169,20 @@ def _frame_chunks(frame: pd.DataFrame, size: int) -> Iterator[Chunk]:
     if bad or len(set(columns)) != len(columns):
         what = f"non-text column name {bad[0]!r}" if bad else "duplicate column names"
         raise UpsertError(f"rows: the DataFrame has {what}; rename its columns first")
-    dtypes = {c: str(t) for c, t in frame.dtypes.items()}
+    dtypes = {str(c): str(t) for c, t in frame.dtypes.items()}
+    moments = {c for c, t in dtypes.items() if t.startswith("datetime64")}
     for start in range(0, len(frame), size):
         part = frame.iloc[start : start + size]
-        data = [part[c].tolist() for c in columns]
+        # Timestamps become (naive UTC) datetimes in one vectorised step, not one call per value.
+        data = [
+            (_utc(part[c]).dt.to_pydatetime() if c in moments else part[c]).tolist()
+            for c in columns
+        ]
         yield Chunk(list(columns), data, start, dtypes)
+
+
+def _utc(moments: pd.Series) -> pd.Series:
+    return moments if moments.dt.tz is None else moments.dt.tz_convert(None)
 
 
 def _dict_chunk(batch: list[Any], offset: int) -> Chunk:
