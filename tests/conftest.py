@@ -15,6 +15,9 @@ import psutil
 import pytest
 import yaml
 
+# Real servers on 127.0.0.1 (SFTP, S3, SMTP, HTTP) as fixtures, shared by the integration tests.
+pytest_plugins = ["tests.servers.fixtures"]
+
 HERE = Path(__file__).parent
 TEST_NOTEBOOKS = HERE / "notebooks"
 

@@ -28,6 +28,7 @@ __all__ = [
     "metric",
     "metrics",
     "secret",
+    "state_database",
 ]
 
 Trigger = Literal["schedule", "manual", "retry", "catchup"]
@@ -115,6 +116,18 @@ def context() -> RunContext:
         runs=project / "runs",
         database=env.get(ENV.DATABASE) or None,
     )
+
+
+def state_database() -> str:
+    """Return the URL of the state database (ledgers, cursors, key-value state) for this run.
+
+    On schedule it is the project's run index database; interactively, the project's default
+    (``sqlite:///<project>/runs/index.db``), unless ``NBCRON_DATABASE`` is set.
+    """
+    ctx = context()
+    if ctx.database:
+        return ctx.database
+    return f"sqlite:///{ctx.runs / 'index.db'}"
 
 
 def _now() -> datetime:
