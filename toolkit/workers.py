@@ -25,7 +25,7 @@ from toolkit.settings import Settings
 
 __all__ = ["Job", "Worker"]
 
-_PRELOAD = ["toolkit.runner", "toolkit.execution", "papermill.clientwrap", "nbformat", "psutil"]
+_PRELOAD = ["toolkit.runner", "toolkit.execution", "toolkit.prewarm", "toolkit.schedules"]
 _context: Any = None
 
 
