@@ -34,6 +34,13 @@ _client_log.setLevel(logging.CRITICAL)
 
 # How often the watchdog looks at the deadline, the kernel's children and the heartbeat.
 _TICK = 0.25
+_ERROR_CLIP = 64 * 1024
+
+
+def _clip(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"... [nbcron: {len(text) - limit:,} more characters cut]"
 
 
 @dataclass
@@ -227,7 +234,12 @@ class Execution:
         """Charge an output message to the budget; return (keep it?, characters dropped)."""
         content = msg.get("content", {})
         if msg.get("msg_type") == "error":
-            return True, 0  # tracebacks are small and are what people read first
+            # Tracebacks are what people read first: always kept, but not without bound.
+            content["evalue"] = _clip(str(content.get("evalue", "")), _ERROR_CLIP)
+            content["traceback"] = [
+                _clip(str(line), _ERROR_CLIP) for line in content.get("traceback", [])[:200]
+            ]
+            return True, 0
         size = self.budget.size_of(content)
         granted = self.budget.take(size)
         if granted == size:

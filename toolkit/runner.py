@@ -52,6 +52,8 @@ log = logging.getLogger("nbcron")
 
 _active: set[Execution] = set()
 _active_lock = threading.Lock()
+# Set by a stop request; a run that has not reached its kernel yet sees it and stops too.
+_stop_requested: str | None = None
 BANNER_TAG = "nbcron-banner"
 
 
@@ -72,6 +74,8 @@ def make_run_id(
 
 def interrupt_all(detail: str) -> None:
     """Stop every run this process is executing; their records end ``interrupted``."""
+    global _stop_requested
+    _stop_requested = detail
     with _active_lock:
         running = list(_active)
     for execution in running:
@@ -190,6 +194,8 @@ def run_schedule(
             )
             with _active_lock:
                 _active.add(execution)
+            if _stop_requested is not None:  # asked to stop before the kernel existed
+                execution.interrupt("interrupted", _stop_requested)
             try:
                 outcome = execution.run()
             finally:
