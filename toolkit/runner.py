@@ -169,10 +169,11 @@ def run_schedule(
             _write_record(output, current, record, scrubber, running_cell)
 
         def started_now() -> None:
+            # Only in memory: the first cell must not wait on the index (20 pre-started runs
+            # would queue on one database); the next save writes it.
             nonlocal started
             started = now_utc()
             record.started_at = iso(started) or record.started_at
-            index.save(record, runner=runner)
 
         pristine = copy.deepcopy(nb)
         for attempt_start_timeout in (start_timeout, min(start_timeout, 30.0)):
