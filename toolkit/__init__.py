@@ -24,6 +24,9 @@ from toolkit.errors import (
 if TYPE_CHECKING:  # the lazy names, for type checkers and editors
     from toolkit.apiclient import RetryPolicy
     from toolkit.apitarget import ApiTarget
+    from toolkit.delivery import DeliveryError, DeliveryExistsError
+    from toolkit.exports import ExportError, ExportResult, export
+    from toolkit.mail import EmailResult, MailError, send_email
     from toolkit.sinks import UpsertResult, plan, upsert
 
 __version__ = "0.1.0"
@@ -31,6 +34,14 @@ __version__ = "0.1.0"
 # name -> module that defines it; loaded on first attribute access (PEP 562).
 _LAZY: dict[str, str] = {
     "ApiTarget": "toolkit.apitarget",
+    "DeliveryError": "toolkit.delivery",
+    "DeliveryExistsError": "toolkit.delivery",
+    "EmailResult": "toolkit.mail",
+    "ExportError": "toolkit.exports",
+    "ExportResult": "toolkit.exports",
+    "MailError": "toolkit.mail",
+    "export": "toolkit.exports",
+    "send_email": "toolkit.mail",
     "RetryPolicy": "toolkit.apiclient",
     "UpsertResult": "toolkit.sinks",
     "plan": "toolkit.sinks",
@@ -40,6 +51,12 @@ _LAZY: dict[str, str] = {
 __all__ = [
     "ApiTarget",
     "ConfigError",
+    "DeliveryError",
+    "DeliveryExistsError",
+    "EmailResult",
+    "ExportError",
+    "ExportResult",
+    "MailError",
     "NbcronError",
     "ParameterError",
     "RetryPolicy",
@@ -50,9 +67,11 @@ __all__ = [
     "UpsertError",
     "UpsertResult",
     "context",
+    "export",
     "metric",
     "plan",
     "secret",
+    "send_email",
     "upsert",
 ]
 
