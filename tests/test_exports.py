@@ -222,7 +222,9 @@ def _convert_to_pdf(office: str, path: Path, out: Path) -> subprocess.CompletedP
 def test_libreoffice_opens_the_workbook(tmp_path: Path) -> None:
     office = shutil.which("libreoffice") or shutil.which("soffice")
     if office is None:
-        pytest.skip("LibreOffice (libreoffice/soffice) is not installed; CI installs it")
+        pytest.skip(
+            "LibreOffice is not installed (Debian: libreoffice-calc-nogui; .ci/run installs it)"
+        )
     export({"Summary": orders(2), "Orders": orders()}, tmp_path / "r.xlsx")
     done = _convert_to_pdf(office, tmp_path / "r.xlsx", tmp_path / "pdf")
     assert done.returncode == 0, done.stderr
