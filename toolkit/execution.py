@@ -22,7 +22,7 @@ from papermill.clientwrap import PapermillNotebookClient
 from papermill.engines import NotebookExecutionManager
 
 from toolkit.kernels import TOKEN_VARIABLE, ProcessTree, make_kernel_manager
-from toolkit.outputs import MARKER_TAG, OutputBudget, kernel_cap_code, marker_text
+from toolkit.outputs import OutputBudget, kernel_cap_code, marker_text
 from toolkit.scrub import Scrubber
 
 __all__ = ["Execution", "Outcome"]
@@ -84,6 +84,7 @@ class Execution:
         self.tree = ProcessTree(self.env[TOKEN_VARIABLE])
         self.budget = OutputBudget(limit=self.max_output)
         self._km: Any = None
+        self._markers: dict[int, tuple[Any, int]] = {}
         self._done = threading.Event()
 
     # -- control -----------------------------------------------------------------------------
@@ -251,18 +252,21 @@ class Execution:
 
     def mark_truncated(self, outs: list[Any], dropped_here: int) -> None:
         """Put (or move) the truncation marker at the end of ``outs`` and add to its count."""
-        marker = next((o for o in outs if MARKER_TAG in o.get("metadata", {})), None)
-        if marker is None:
+        # Stream outputs may not carry metadata (nbformat), so the marker is known by identity.
+        found = self._markers.get(id(outs))
+        if found is None or all(o is not found[0] for o in outs):
             from nbformat.v4 import new_output
 
-            marker = new_output("stream", name="stderr", text="")
-            marker["metadata"] = {MARKER_TAG: True}
+            found = (new_output("stream", name="stderr", text=""), 0)
         else:
-            outs.remove(marker)  # keep the marker last, after whatever was kept
+            outs.remove(found[0])  # keep the marker last, after whatever was kept
+        marker, dropped = found[0], found[1] + dropped_here
         outs.append(marker)
-        dropped = marker["metadata"].get("dropped", 0) + dropped_here
-        marker["metadata"]["dropped"] = dropped
+        self._markers[id(outs)] = (marker, dropped)
         marker["text"] = marker_text(self.max_output, dropped)
+
+    def is_marker(self, output: Any) -> bool:
+        return any(output is marker for marker, _ in self._markers.values())
 
 
 class _Keeper(NotebookExecutionManager):  # type: ignore[misc]
@@ -336,7 +340,7 @@ class _Client(PapermillNotebookClient):  # type: ignore[misc]
             and outs
             and outs[-1].get("output_type") == "stream"
             and outs[-1].get("name") == msg["content"].get("name")
-            and MARKER_TAG not in outs[-1].get("metadata", {})
+            and not self.execution.is_marker(outs[-1])
         ):
             # One growing stream output instead of thousands; also keeps a secret that was
             # flushed in two pieces whole, so scrubbing finds it.

@@ -18,7 +18,6 @@ from typing import Any
 
 __all__ = ["OutputBudget", "kernel_cap_code", "marker_text"]
 
-MARKER_TAG = "nbcron-truncated"
 
 
 def marker_text(limit: int, dropped: int) -> str:
