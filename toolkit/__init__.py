@@ -24,10 +24,15 @@ from toolkit.errors import (
 if TYPE_CHECKING:  # the lazy names, for type checkers and editors
     from toolkit.apiclient import RetryPolicy
     from toolkit.apitarget import ApiTarget
+    from toolkit.completion import redrive
     from toolkit.delivery import DeliveryError, DeliveryExistsError
     from toolkit.exports import ExportError, ExportResult, export
+    from toolkit.imports import import_files
     from toolkit.mail import EmailResult, MailError, send_email
+    from toolkit.outcomes import ImportResult
+    from toolkit.parsers import ParseError, parse
     from toolkit.sinks import UpsertResult, plan, upsert
+    from toolkit.sources import ReadyFile, SourceError, list_files
 
 __version__ = "0.1.0"
 
@@ -39,12 +44,20 @@ _LAZY: dict[str, str] = {
     "EmailResult": "toolkit.mail",
     "ExportError": "toolkit.exports",
     "ExportResult": "toolkit.exports",
+    "ImportResult": "toolkit.outcomes",
     "MailError": "toolkit.mail",
-    "export": "toolkit.exports",
-    "send_email": "toolkit.mail",
+    "ParseError": "toolkit.parsers",
+    "ReadyFile": "toolkit.sources",
     "RetryPolicy": "toolkit.apiclient",
+    "SourceError": "toolkit.sources",
     "UpsertResult": "toolkit.sinks",
+    "export": "toolkit.exports",
+    "import_files": "toolkit.imports",
+    "list_files": "toolkit.sources",
+    "parse": "toolkit.parsers",
     "plan": "toolkit.sinks",
+    "redrive": "toolkit.completion",
+    "send_email": "toolkit.mail",
     "upsert": "toolkit.sinks",
 }
 
@@ -56,20 +69,28 @@ __all__ = [
     "EmailResult",
     "ExportError",
     "ExportResult",
+    "ImportResult",
     "MailError",
     "NbcronError",
     "ParameterError",
+    "ParseError",
+    "ReadyFile",
     "RetryPolicy",
     "RunContext",
     "RunError",
     "ScheduleError",
     "SecretError",
+    "SourceError",
     "UpsertError",
     "UpsertResult",
     "context",
     "export",
+    "import_files",
+    "list_files",
     "metric",
+    "parse",
     "plan",
+    "redrive",
     "secret",
     "send_email",
     "upsert",

@@ -307,6 +307,29 @@ def serve(ctx: click.Context, max_parallel: int, grace: float) -> None:
 
 
 @cli.command()
+@click.argument("name")
+@click.argument("file")
+@click.pass_context
+def redrive(ctx: click.Context, name: str, file: str) -> None:
+    """Put FILE back from schedule NAME's quarantine; the next run imports it afresh."""
+    from toolkit.completion import redrive_schedule_file
+    from toolkit.schedules import find_schedule
+
+    settings = _settings(ctx)
+    schedule = find_schedule(name, settings)
+    try:
+        where = redrive_schedule_file(
+            settings.project, schedule.parameters, file, database=settings.database
+        )
+    except FileNotFoundError as exc:
+        click.echo(f"nbcron: error: {exc}", err=True)
+        ctx.exit(1)
+    except ValueError as exc:
+        raise ConfigError(f"schedules/{name}.yaml: {exc}") from exc
+    click.echo(where)
+
+
+@cli.command()
 @click.pass_context
 def reindex(ctx: click.Context) -> None:
     """Rebuild the run index from the saved notebooks under the runs folder."""

@@ -22,6 +22,11 @@ def prepare_demo_data(settings: Settings) -> None:
     """Create the demo's data folder: a demo secret and, when available, the Acme database."""
     data = settings.project / "data"
     data.mkdir(exist_ok=True)
+    from toolkit.demo_files import write_demo_inbox
+
+    inbox = data / "inbox" / "orders"
+    if not any(inbox.glob("*.xml")):
+        write_demo_inbox(inbox)
     token = data / "demo_token.txt"
     if not token.exists():
         token.write_text(f"demo-{secrets.token_hex(16)}\n", encoding="utf-8")

@@ -12,6 +12,7 @@ the notebooks with :func:`rebuild_index`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -231,7 +232,11 @@ def ensure_schema(engine: sa.Engine, metadata: sa.MetaData) -> None:
     Columns are only ever added (nullable, or with a default), so an index written by an older
     release keeps working and can be shared by mixed versions during an upgrade.
     """
-    metadata.create_all(engine, checkfirst=True)
+    try:
+        metadata.create_all(engine, checkfirst=True)
+    except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
+        # Another process created the same tables between our check and our CREATE.
+        metadata.create_all(engine, checkfirst=True)
     inspector = sa.inspect(engine)
     for table in metadata.sorted_tables:
         present = {c["name"] for c in inspector.get_columns(table.name)}
@@ -239,7 +244,11 @@ def ensure_schema(engine: sa.Engine, metadata: sa.MetaData) -> None:
             if column.name in present:
                 continue
             kind = column.type.compile(dialect=engine.dialect)
-            with engine.begin() as conn:
+            with (
+                contextlib.suppress(sa.exc.OperationalError, sa.exc.ProgrammingError),
+                engine.begin() as conn,
+            ):
+                # Suppressed: another process added the same column a moment ago.
                 conn.execute(
                     sa.text(
                         f"ALTER TABLE {engine.dialect.identifier_preparer.quote(table.name)} "

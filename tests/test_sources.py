@@ -1,0 +1,59 @@
+"""Listing ready files on any fsspec URL: memory://, credentials from secrets, order, recursion."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import fsspec
+import pytest
+
+from toolkit.errors import SecretError
+from toolkit.sources import SourceError, list_files, resolve_options
+
+
+@pytest.fixture
+def memory_inbox() -> str:
+    url = f"memory://inbox-{uuid.uuid4().hex[:8]}"
+    fs = fsspec.filesystem("memory")
+    for i, name in enumerate(["b.xml", "a.xml", "sub/c.xml", "sub/.d.xml", "e.xml.tmp"]):
+        fs.pipe_file(f"{url}/{name}", b"<x/>" * (i + 1))
+    return url
+
+
+def test_memory_source_lists_by_name_and_recursively(memory_inbox: str) -> None:
+    flat = list_files(memory_inbox, "*.xml", order="name")
+    assert [f.name for f in flat] == ["a.xml", "b.xml"]
+    deep = list_files(memory_inbox, "*.xml", recursive=True, order="name")
+    assert [f.name for f in deep] == ["a.xml", "b.xml", "sub/c.xml"]
+    assert deep[0].read() == b"<x/>" * 2
+
+
+def test_oldest_first_by_default_and_newest_on_request(tmp_path: os.PathLike[str]) -> None:
+    folder = os.fspath(tmp_path)
+    for n, name in enumerate(["late.csv", "early.csv", "middle.csv"]):
+        path = os.path.join(folder, name)
+        with open(path, "w") as fh:
+            fh.write("a\n1\n")
+        os.utime(path, (1_700_000_000 + {0: 30, 1: 10, 2: 20}[n],) * 2)
+    assert [f.name for f in list_files(folder, "*.csv")] == ["early.csv", "middle.csv", "late.csv"]
+    newest = list_files(folder, "*.csv", order="newest", limit=1)
+    assert [f.name for f in newest] == ["late.csv"]
+    assert newest.capped == 2
+
+
+def test_storage_option_secrets_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARTNER_SFTP", "s3cr3t")
+    assert resolve_options({"username": "acme", "password": "secret:PARTNER_SFTP"}) == {
+        "username": "acme",
+        "password": "s3cr3t",
+    }
+    monkeypatch.delenv("PARTNER_SFTP")
+    with pytest.raises(SecretError, match="PARTNER_SFTP"):
+        resolve_options({"password": "secret:PARTNER_SFTP"})
+
+
+def test_a_missing_folder_names_the_source_and_the_fix(tmp_path: os.PathLike[str]) -> None:
+    missing = os.path.join(os.fspath(tmp_path), "nope")
+    with pytest.raises(SourceError, match="the folder does not exist; create it or fix `source`"):
+        list_files(missing)
