@@ -19,7 +19,6 @@ from typing import Any
 __all__ = ["OutputBudget", "kernel_cap_code", "marker_text"]
 
 
-
 def marker_text(limit: int, dropped: int) -> str:
     """Return the marker shown where outputs were cut."""
     return (
