@@ -173,3 +173,27 @@ def test_tick_at_the_instant_after_the_gap_runs_the_nonexistent_wall_time(projec
     assert proc.stdout == "nightly/20260329T010000Z\tsucceeded\tschedule\n"
     record = json.loads(project.nbcron("show", "nightly/20260329T010000Z", "--json").stdout)
     assert record["scheduled_for"] == "2026-03-29T01:00:00.000+00:00"
+
+
+def test_a_jump_to_the_year_2200_plans_a_bounded_catch_up_quickly(project: Project) -> None:
+    import time
+    import tracemalloc
+
+    project.schedule("every", "logs_run", cron="* * * * *", catchup="all")
+    settings = load_settings(project.root)
+    scheduler = Scheduler(settings, RunIndex(settings.database))
+    scheduler.load()
+    assert scheduler.plan(utc("2026-06-01T10:00:00")) != []
+    tracemalloc.start()
+    started = time.monotonic()
+    planned = scheduler.plan(utc("2200-01-01T00:00:30"))
+    elapsed = time.monotonic() - started
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    fires = [p.job.scheduled_for for p in planned]
+    assert len(fires) == 101  # the newest 100 missed fires, then the current one
+    assert fires == sorted(fires)
+    assert fires[-1] == utc("2200-01-01T00:00:00")
+    assert [p.job.trigger for p in planned].count("schedule") == 1
+    assert elapsed < 5
+    assert peak < 50 * 2**20
