@@ -20,36 +20,54 @@ from toolkit.errors import (
     SecretError,
     UpsertError,
 )
+from toolkit.poll import poll  # bound eagerly: the function shares its module's name
+from toolkit.state import state  # likewise
 
 if TYPE_CHECKING:  # the lazy names, for type checkers and editors
     from toolkit.apiclient import RetryPolicy
     from toolkit.apitarget import ApiTarget
+    from toolkit.auth import ApiKey, Bearer
     from toolkit.completion import redrive
     from toolkit.delivery import DeliveryError, DeliveryExistsError
     from toolkit.exports import ExportError, ExportResult, export
     from toolkit.imports import import_files
     from toolkit.mail import EmailResult, MailError, send_email
     from toolkit.outcomes import ImportResult
+    from toolkit.pages import PollError
+    from toolkit.pagination import LinkHeader, NextCursor, Offset, PageNumber
     from toolkit.parsers import ParseError, parse
+    from toolkit.poll import Poller, PollResult
     from toolkit.sinks import UpsertResult, plan, upsert
     from toolkit.sources import ReadyFile, SourceError, list_files
+    from toolkit.state import State, StateConflict
 
 __version__ = "0.1.0"
 
 # name -> module that defines it; loaded on first attribute access (PEP 562).
 _LAZY: dict[str, str] = {
+    "ApiKey": "toolkit.auth",
     "ApiTarget": "toolkit.apitarget",
+    "Bearer": "toolkit.auth",
     "DeliveryError": "toolkit.delivery",
     "DeliveryExistsError": "toolkit.delivery",
     "EmailResult": "toolkit.mail",
     "ExportError": "toolkit.exports",
     "ExportResult": "toolkit.exports",
     "ImportResult": "toolkit.outcomes",
+    "LinkHeader": "toolkit.pagination",
     "MailError": "toolkit.mail",
+    "NextCursor": "toolkit.pagination",
+    "Offset": "toolkit.pagination",
+    "PageNumber": "toolkit.pagination",
     "ParseError": "toolkit.parsers",
+    "PollError": "toolkit.pages",
+    "PollResult": "toolkit.poll",
+    "Poller": "toolkit.poll",
     "ReadyFile": "toolkit.sources",
     "RetryPolicy": "toolkit.apiclient",
     "SourceError": "toolkit.sources",
+    "State": "toolkit.state",
+    "StateConflict": "toolkit.state",
     "UpsertResult": "toolkit.sinks",
     "export": "toolkit.exports",
     "import_files": "toolkit.imports",
@@ -62,7 +80,9 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
+    "ApiKey",
     "ApiTarget",
+    "Bearer",
     "ConfigError",
     "DeliveryError",
     "DeliveryExistsError",
@@ -70,10 +90,17 @@ __all__ = [
     "ExportError",
     "ExportResult",
     "ImportResult",
+    "LinkHeader",
     "MailError",
     "NbcronError",
+    "NextCursor",
+    "Offset",
+    "PageNumber",
     "ParameterError",
     "ParseError",
+    "PollError",
+    "PollResult",
+    "Poller",
     "ReadyFile",
     "RetryPolicy",
     "RunContext",
@@ -81,6 +108,8 @@ __all__ = [
     "ScheduleError",
     "SecretError",
     "SourceError",
+    "State",
+    "StateConflict",
     "UpsertError",
     "UpsertResult",
     "context",
@@ -90,9 +119,11 @@ __all__ = [
     "metric",
     "parse",
     "plan",
+    "poll",
     "redrive",
     "secret",
     "send_email",
+    "state",
     "upsert",
 ]
 

@@ -42,16 +42,24 @@ def run_demo(settings: Settings, echo: Callable[[str], None] = print) -> bool:
     install_signal_handlers()
     index = RunIndex(settings.database)
     ok = True
-    for schedule in load_schedules(settings):
-        if not schedule.enabled:
-            continue
-        record = run_schedule(schedule, settings, index=index)
-        if record is None:
-            continue
-        ok = ok and record.status in ("succeeded", "partial")
-        line = f"{record.status:10} {schedule.name:20} {record.output}"
-        if record.error:
-            line += f"\n{'':32}{record.error.get('ename')}: {record.error.get('evalue')}"
-        echo(line)
+    from toolkit.demo_partner import start_demo_partner_api
+
+    # The partner API the api_poll integration polls, on 127.0.0.1 for the demo's duration.
+    partner_url, stop_partner = start_demo_partner_api(settings.project / "data")
+    try:
+        for schedule in load_schedules(settings):
+            if not schedule.enabled:
+                continue
+            overrides = {"base_url": partner_url} if schedule.name == "api_poll" else None
+            record = run_schedule(schedule, settings, index=index, overrides=overrides)
+            if record is None:
+                continue
+            ok = ok and record.status in ("succeeded", "partial")
+            line = f"{record.status:10} {schedule.name:20} {record.output}"
+            if record.error:
+                line += f"\n{'':32}{record.error.get('ename')}: {record.error.get('evalue')}"
+            echo(line)
+    finally:
+        stop_partner()
     echo(f"records under {settings.runs}; list them with `nbcron runs`")
     return ok
