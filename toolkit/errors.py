@@ -10,6 +10,11 @@ Every error a user can cause names the file, key or value that is wrong and says
     ├── RunNotFoundError             `show` / `report` for a run id the index does not hold
     ├── RunError                     a run that did not succeed (carries the record; CLI exit 1)
     └── UpsertError                  data that cannot be written: names table, row key and column
+
+Notebook-side helpers define their own subclasses of NbcronError beside the code that raises
+them: ``sources.SourceError``, ``parsers.ParseError``, ``imports.PermanentError``,
+``pages.PollError``, ``state.StateConflict``, ``exports.ExportError``, ``xlsx.WorkbookError``,
+``delivery.DeliveryError`` (``DeliveryExistsError``) and ``mail.MailError``.
 """
 
 from __future__ import annotations
