@@ -30,9 +30,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 from toolkit.context import RunContext, add_metric, context, state_database
+from toolkit.database import engine as shared_engine
 from toolkit.errors import NbcronError
 
 __all__ = [
@@ -127,10 +127,7 @@ def render_name(template: str, ctx: RunContext | None = None, **extra: Any) -> s
 
 
 def _ledger_engine(database: str | None) -> sa.Engine:
-    url = make_url(database or state_database())
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        Path(url.database or "").parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url)
+    engine = shared_engine(database or state_database())
     LEDGER.create_all(engine, checkfirst=True)
     return engine
 
@@ -139,42 +136,32 @@ def already_delivered(
     destination: str, name: str, sha256: str, *, database: str | None = None
 ) -> str | None:
     """Return the path a file with this (destination, name, sha256) went to, or None."""
-    engine = _ledger_engine(database)
-    try:
-        with engine.connect() as conn:
-            row = conn.execute(
-                sa.select(DELIVERIES.c.path).where(
-                    DELIVERIES.c.destination == destination,
-                    DELIVERIES.c.name == name,
-                    DELIVERIES.c.sha256 == sha256,
-                )
-            ).first()
-    finally:
-        engine.dispose()
+    with _ledger_engine(database).connect() as conn:
+        row = conn.execute(
+            sa.select(DELIVERIES.c.path).where(
+                DELIVERIES.c.destination == destination,
+                DELIVERIES.c.name == name,
+                DELIVERIES.c.sha256 == sha256,
+            )
+        ).first()
     return None if row is None else str(row[0])
 
 
 def record_delivery(delivery: Delivery, *, database: str | None = None) -> None:
     """Remember ``delivery`` in the ledger (replacing an earlier entry with the same key)."""
-    engine = _ledger_engine(database)
     key = {"destination": delivery.destination, "name": delivery.name, "sha256": delivery.sha256}
-    try:
-        with engine.begin() as conn:
-            conn.execute(
-                sa.delete(DELIVERIES).where(*(DELIVERIES.c[k] == v for k, v in key.items()))
+    with _ledger_engine(database).begin() as conn:
+        conn.execute(sa.delete(DELIVERIES).where(*(DELIVERIES.c[k] == v for k, v in key.items())))
+        conn.execute(
+            sa.insert(DELIVERIES).values(
+                **key,
+                path=delivery.path,
+                bytes=delivery.bytes,
+                run_id=context().run_id,
+                delivered_at=datetime.now(UTC),
+                version=1,
             )
-            conn.execute(
-                sa.insert(DELIVERIES).values(
-                    **key,
-                    path=delivery.path,
-                    bytes=delivery.bytes,
-                    run_id=context().run_id,
-                    delivered_at=datetime.now(UTC),
-                    version=1,
-                )
-            )
-    finally:
-        engine.dispose()
+        )
 
 
 def _free_name(fs: Any, folder: str, name: str) -> str:

@@ -31,6 +31,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from toolkit import database
 from toolkit.records import runner_alive, runner_identity
 
 __all__ = ["LEDGER", "Entry", "FileKey", "Ledger", "State", "ledger_engine"]
@@ -65,7 +66,7 @@ _COLUMNS = (
     "destination, updated_at"
 )
 
-_engines: dict[str, Engine] = {}
+_created: set[str] = set()
 _lock = threading.Lock()
 
 
@@ -75,24 +76,12 @@ def ledger_engine(url: str | Engine) -> Engine:
         LEDGER.create_all(url, checkfirst=True)
         return url
     with _lock:
-        engine = _engines.get(url)
-        if engine is None:
-            engine = sa.create_engine(url)
-            if engine.dialect.name == "sqlite":
-
-                @sa.event.listens_for(engine, "connect")
-                def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-                    cur = dbapi_conn.cursor()
-                    cur.execute("PRAGMA journal_mode=WAL")
-                    cur.execute("PRAGMA busy_timeout=60000")
-                    # Durable against a killed process; only a power cut can lose the last
-                    # marks, and redoing a file is harmless (the upsert is idempotent).
-                    cur.execute("PRAGMA synchronous=NORMAL")
-                    cur.close()
-
-            LEDGER.create_all(engine, checkfirst=True)
-            _engines[url] = engine
-        return engine
+        if url not in _created:
+            # WAL + synchronous=NORMAL (toolkit.database): only a power cut can lose the last
+            # marks, and redoing a file is harmless (the upsert is idempotent).
+            LEDGER.create_all(database.engine(url), checkfirst=True)
+            _created.add(url)
+    return database.engine(url)
 
 
 @dataclass(frozen=True)

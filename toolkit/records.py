@@ -27,6 +27,7 @@ from typing import Any, Literal, get_args
 
 import sqlalchemy as sa
 
+from toolkit import database
 from toolkit.context import Trigger
 from toolkit.errors import RunNotFoundError
 
@@ -208,20 +209,8 @@ _JSON_COLUMNS = ("parameters", "error", "metrics", "versions")
 
 @lru_cache(maxsize=16)
 def _engine(url: str) -> sa.Engine:
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, future=True, pool_pre_ping=not url.startswith("sqlite"))
-    if engine.dialect.name == "sqlite":
-
-        @sa.event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-            # WAL lets `serve`, `tick` and readers share the index without "database is locked".
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.close()
-
+    """Return the index's engine, with its tables created or upgraded (once per process)."""
+    engine = database.engine(url)
     ensure_schema(engine, _metadata)
     return engine
 

@@ -1,0 +1,49 @@
+"""nbcron's own databases (run index, scheduler state, ledgers): one engine per URL.
+
+They are often one SQLite file shared by ``serve``, ``tick``, manual runs and kernels at once, so
+every connection gets WAL (readers never block the writer), a generous busy timeout instead of
+"database is locked", and ``synchronous=NORMAL``: durable against a killed process, which is what
+these tables must survive. The app's own databases (upsert targets) are left as they are.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+__all__ = ["engine"]
+
+_engines: dict[str, sa.Engine] = {}
+_lock = threading.Lock()
+
+
+def engine(url: str) -> sa.Engine:
+    """Return the shared engine for one of nbcron's databases, created on first use."""
+    with _lock:
+        found = _engines.get(url)
+        if found is None:
+            found = _engines[url] = _create(url)
+        return found
+
+
+def _create(url: str) -> sa.Engine:
+    parsed = make_url(url)
+    sqlite = parsed.get_backend_name() == "sqlite"
+    if sqlite and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database or "").parent.mkdir(parents=True, exist_ok=True)
+    created = sa.create_engine(parsed, pool_pre_ping=not sqlite)
+    if sqlite:
+
+        @sa.event.listens_for(created, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+    return created
