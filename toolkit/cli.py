@@ -6,6 +6,8 @@ Exit codes: 0 success (or partial), 1 the run failed / timed out / was interrupt
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import logging
 import sys
@@ -19,11 +21,34 @@ import click
 from toolkit.errors import ConfigError, NbcronError, RunNotFoundError
 from toolkit.settings import Settings, load_settings
 
-__all__ = ["main"]
+__all__ = ["main", "project_settings"]
+
+
+# Commands defined beside the module they drive (each module exposes ``command``), loaded only
+# when asked for so that ``nbcron run`` does not import a web server.
+_LAZY_COMMANDS = {
+    "prune": "toolkit.retention",
+    "report": "toolkit.reports",
+    "ui": "toolkit.ui",
+}
+
+
+def _installed(name: str) -> bool:
+    return importlib.util.find_spec(_LAZY_COMMANDS[name]) is not None
 
 
 class _Group(click.Group):
     """Maps nbcron's exceptions to one-line messages and exit codes, in one place."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *filter(_installed, _LAZY_COMMANDS)})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in _LAZY_COMMANDS and _installed(cmd_name):
+            module = importlib.import_module(_LAZY_COMMANDS[cmd_name])
+            command: click.Command = module.command
+            return command
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -36,7 +61,8 @@ class _Group(click.Group):
             ctx.exit(1)
 
 
-def _settings(ctx: click.Context) -> Settings:
+def project_settings(ctx: click.Context) -> Settings:
+    """Return the project's settings (loaded once per invocation); for commands in other modules."""
     obj = ctx.find_root().obj
     if "settings" not in obj:
         obj["settings"] = load_settings(obj["project"])
@@ -106,7 +132,7 @@ def run(
     from toolkit.runner import install_signal_handlers, run_schedule
     from toolkit.schedules import find_schedule
 
-    settings = _settings(ctx)
+    settings = project_settings(ctx)
     schedule = find_schedule(name, settings)
     overrides = {key: _parse_value(value) for key, value in params}
     install_signal_handlers()
@@ -148,7 +174,7 @@ def runs(
     ctx: click.Context, name: str | None, status: str | None, limit: int, as_json: bool
 ) -> None:
     """Run history, newest first."""
-    records = _index(_settings(ctx)).list(schedule=name, status=status, limit=limit)
+    records = _index(project_settings(ctx)).list(schedule=name, status=status, limit=limit)
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in records], indent=2))
         return
@@ -174,7 +200,7 @@ def runs(
 @click.pass_context
 def show(ctx: click.Context, run_id: str, as_json: bool) -> None:
     """One run's record."""
-    record = _index(_settings(ctx)).get(run_id)
+    record = _index(project_settings(ctx)).get(run_id)
     data = record.to_dict()
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -192,7 +218,7 @@ def list_(ctx: click.Context, as_json: bool) -> None:
     from toolkit.records import now_utc
     from toolkit.schedules import load_schedules
 
-    settings = _settings(ctx)
+    settings = project_settings(ctx)
     schedules = load_schedules(settings)
     last = _index(settings).last_status()
     now = now_utc()
@@ -235,7 +261,7 @@ def validate(ctx: click.Context) -> None:
     """Check every schedule and notebook; print `file: reason` lines, exit 1 on any."""
     from toolkit.schedules import check_parameters, load_schedule
 
-    settings = _settings(ctx)
+    settings = project_settings(ctx)
     folder = settings.schedules_dir
     if not folder.is_dir():
         raise ConfigError(f"{folder}: no schedules/ folder; pass --project DIR")
@@ -276,7 +302,7 @@ def tick(ctx: click.Context, at: str | None, max_parallel: int | None) -> None:
     """Run, once, what is due at that instant under each schedule's policies, then exit."""
     from toolkit.scheduler import tick as run_tick
 
-    settings = _settings(ctx)
+    settings = project_settings(ctx)
     dispatcher = run_tick(settings, _instant(at), max_parallel)
     for record in dispatcher.finished:
         click.echo(f"{record.run_id}\t{record.status}\t{record.trigger}")
@@ -300,7 +326,7 @@ def serve(ctx: click.Context, max_parallel: int, grace: float) -> None:
     """The scheduler daemon; SIGTERM/SIGINT stop it cleanly."""
     from toolkit.daemon import Daemon
 
-    settings = _settings(ctx)
+    settings = project_settings(ctx)
     if not ctx.find_root().params.get("verbose"):
         logging.getLogger("nbcron").setLevel(logging.INFO)
     ctx.exit(Daemon(settings, max_parallel=max_parallel, grace=grace).run())
@@ -315,7 +341,7 @@ def redrive(ctx: click.Context, name: str, file: str) -> None:
     from toolkit.completion import redrive_schedule_file
     from toolkit.schedules import find_schedule
 
-    settings = _settings(ctx)
+    settings = project_settings(ctx)
     schedule = find_schedule(name, settings)
     try:
         where = redrive_schedule_file(
@@ -335,7 +361,7 @@ def reindex(ctx: click.Context) -> None:
     """Rebuild the run index from the saved notebooks under the runs folder."""
     from toolkit.records import rebuild_index
 
-    settings = _settings(ctx)
+    settings = project_settings(ctx)
     count = rebuild_index(settings.runs, _index(settings))
     click.echo(f"indexed {count} runs from {settings.runs}")
 
@@ -346,7 +372,7 @@ def demo(ctx: click.Context) -> None:
     """Set up the demo data and run each sample schedule once."""
     from toolkit.demo import run_demo
 
-    ok = run_demo(_settings(ctx), echo=click.echo)
+    ok = run_demo(project_settings(ctx), echo=click.echo)
     ctx.exit(0 if ok else 1)
 
 
