@@ -11,6 +11,8 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,27 @@ def write_huge(path: Path, size: int) -> None:
         fh.write(b"</Lines></OrderSummary>\n")
 
 
+@pytest.mark.slow
+def test_a_200_mb_file_streams_in_bounded_memory(tmp_path: Path) -> None:
+    """Every one of its 3 million records is read, and the reader never holds the file."""
+    huge = tmp_path / "huge.xml"
+    write_huge(huge, 200 * 1024 * 1024)
+    script = (
+        "import sys\n"
+        "from toolkit.parsers import iter_records\n"
+        "n = sum(1 for _ in iter_records(sys.argv[1], 'xml', record='Line'))\n"
+        "peak = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+        "print(n, int(peak.split()[1]) // 1024)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(huge)], capture_output=True, text=True, check=True
+    )
+    records, peak_mb = map(int, out.stdout.split())
+    lines = huge.read_bytes().count(b"<Line>")
+    assert records == lines > 3_000_000
+    assert peak_mb < 200, f"peak {peak_mb} MB while reading a 200 MB file"
+
+
 def every_file(root: Path) -> set[Path]:
     return {p for p in root.rglob("*") if p.is_file()}
 
@@ -94,7 +117,7 @@ def test_hostile_files_are_quarantined_and_the_good_ones_import(
     for name, (data, _) in bad.items():
         (inbox / name).write_bytes(data)
     write_huge(inbox / "huge.xml", 200 * 1024 * 1024)
-    bad["huge.xml"] = (b"", "over max_bytes")
+    bad["huge.xml"] = (b"", "more than 100,000 elements")
     (inbox / "empty.xml").write_bytes(b"")
     before = every_file(tmp_path)
 

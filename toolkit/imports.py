@@ -109,7 +109,7 @@ def import_files(
     quarantine: str | None = None,
     max_attempts: int = 3,
     batch_size: int = 1000,
-    max_bytes: int | None = 64 * 1024 * 1024,
+    max_bytes: int | None = None,
     state: str | None = None,
     dry_run: bool | None = None,
     lease: float = 600.0,
@@ -122,7 +122,10 @@ def import_files(
     and commits. ``completion`` is ``delete``, ``move`` (to ``archive``, default the
     ``.archive`` folder of the source, dated ``YYYY/MM/DD``) or ``keep``. Bad files go to
     ``quarantine`` (default ``.quarantine`` in the source) after ``max_attempts``. ``state`` is the
-    ledger's database (default: the run's state database). Other keywords go to `list_files`.
+    ledger's database (default: the run's state database). ``max_bytes`` quarantines larger
+    files unread; there is no cap by default, because the parsers stream and bound their own
+    memory (XML per record, CSV per field, whole JSON documents at 64 MiB). Other keywords go
+    to `list_files`.
     """
     if completion not in ("delete", "move", "keep"):
         raise ValueError(f"completion={completion!r}; use 'delete', 'move' or 'keep'")

@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -73,15 +73,25 @@ _lock = threading.Lock()
 def ledger_engine(url: str | Engine) -> Engine:
     """Return an engine for the state database, with the ledger table created."""
     if isinstance(url, Engine):
-        LEDGER.create_all(url, checkfirst=True)
+        _create(url)
         return url
     with _lock:
         if url not in _created:
             # WAL + synchronous=NORMAL (toolkit.database): only a power cut can lose the last
             # marks, and redoing a file is harmless (the upsert is idempotent).
-            LEDGER.create_all(database.engine(url), checkfirst=True)
+            _create(database.engine(url))
             _created.add(url)
     return database.engine(url)
+
+
+def _create(engine: Engine) -> None:
+    """Create the ledger table unless it exists, also when another process does it right now."""
+    try:
+        LEDGER.create_all(engine, checkfirst=True)
+    except sa.exc.DBAPIError:
+        # two first runs at once: the loser's CREATE fails because the winner's just landed
+        if not sa.inspect(engine).has_table(files.name):
+            raise
 
 
 @dataclass(frozen=True)
@@ -198,12 +208,13 @@ class Ledger:
             return {}, {}
         existing = self.lookup(keys)
         lease_until = self.clock() + self.lease
+        now = self._now_iso()
         common = {
             "claim": self.token,
             "owner": self.owner,
             "lease_until": lease_until,
             "run_id": self.run_id,
-            "updated_at": self._now_iso(),
+            "updated_at": now,
         }
         new = [k for k in keys if k not in existing]
         retake = [
@@ -212,24 +223,57 @@ class Ledger:
             if self.takeable(e)
             and (e.state == "claimed" or (e.state == "failed" and e.attempts < max_attempts))
         ]
+        inserted = taken = 0
         with self.engine.connect() as conn:
             self._begin(conn)
             if new:
-                self._insert_new(conn, new, common)
+                inserted = self._insert_new(conn, new, common)
             if retake:
-                conn.execute(
+                taken = conn.execute(
                     files.update()
                     .where(*self._by_key(), files.c.rev == sa.bindparam("b_rev"))
                     .values(state="claimed", rev=files.c.rev + 1, **common),
                     [{**self._key_params(e.key), "b_rev": e.rev} for e in retake],
-                )
+                ).rowcount
             conn.commit()
+        if inserted == len(new) and taken == len(retake):
+            # Every write landed (no other run got in between): the rows are what we wrote.
+            mine = {
+                k: Entry(
+                    self.source,
+                    *k,
+                    "claimed",
+                    0,
+                    0,
+                    claim=self.token,
+                    owner=self.owner,
+                    lease_until=lease_until,
+                    run_id=self.run_id,
+                    error=None,
+                    destination=None,
+                    updated_at=now,
+                )
+                for k in new
+            }
+            for e in retake:
+                mine[e.key] = replace(
+                    e,
+                    state="claimed",
+                    rev=e.rev + 1,
+                    run_id=self.run_id,
+                    updated_at=now,
+                    claim=self.token,
+                    owner=self.owner,
+                    lease_until=lease_until,
+                )
+            return mine, {k: e for k, e in existing.items() if k not in mine}
         after = self.lookup(keys)
         mine = {k: e for k, e in after.items() if e.claim == self.token}
         return mine, {k: e for k, e in after.items() if e.claim != self.token}
 
-    def _insert_new(self, conn: sa.Connection, keys: list[FileKey], common: dict[str, Any]) -> None:
-        """Insert ``keys`` as claimed by this run, leaving rows another run inserted alone."""
+    def _insert_new(self, conn: sa.Connection, keys: list[FileKey], common: dict[str, Any]) -> int:
+        """Return how many of ``keys`` were inserted as claimed by this run; rows another run
+        inserted are left alone (-1: unknown)."""
         rows = [
             {
                 "source": self.source,
@@ -248,13 +292,14 @@ class Ledger:
             for row in rows:  # no portable "insert unless present": one by one
                 with contextlib.suppress(sa.exc.IntegrityError), conn.begin_nested():
                     conn.execute(files.insert(), row)
-            return
+            return -1
         columns = list(rows[0])
         sql = (
             f"INSERT INTO nbcron_files ({', '.join(columns)}) VALUES "
             f"({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING"
         )
-        conn.exec_driver_sql(self._sql(sql), [tuple(r[c] for c in columns) for r in rows])
+        result = conn.exec_driver_sql(self._sql(sql), [tuple(r[c] for c in columns) for r in rows])
+        return result.rowcount
 
     def _sql(self, text: str) -> str:
         """Return ``text`` with ``?`` placeholders in the driver's own style."""

@@ -257,13 +257,28 @@ def iter_csv(
         text.detach()  # the caller owns the stream; the wrapper must not close it
 
 
+MAX_JSON = 64 * 1024 * 1024
+MAX_LINE = 16 * 1024 * 1024
+
+
 def iter_json(
-    stream: IO[bytes], *, name: str, record: str | None = None
+    stream: IO[bytes], *, name: str, record: str | None = None, max_bytes: int = MAX_JSON
 ) -> Iterator[dict[str, Any]]:
     """Return an iterator over a JSON file's records: the list at ``record`` (a dotted key), the
-    top-level list, or the one top-level object."""
+    top-level list, or the one top-level object.
+
+    A JSON document is parsed whole, so one over ``max_bytes`` is refused unread past that
+    point; large feeds belong in JSON Lines, which streams.
+    """
+    raw = stream.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise ParseError(
+            name,
+            f"a JSON document over {max_bytes:,} bytes (max_bytes) is not read whole; send it "
+            "as JSON Lines (format='jsonl'), or raise max_bytes",
+        )
     try:
-        data = json.load(stream)
+        data = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ParseError(
             name, f"not valid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno
@@ -281,9 +296,18 @@ def iter_json(
         yield item
 
 
-def iter_jsonl(stream: IO[bytes], *, name: str) -> Iterator[dict[str, Any]]:
-    """Return an iterator over a JSON Lines file's objects, one per non-blank line."""
-    for number, raw in enumerate(stream, start=1):
+def iter_jsonl(
+    stream: IO[bytes], *, name: str, max_line: int = MAX_LINE
+) -> Iterator[dict[str, Any]]:
+    """Return an iterator over a JSON Lines file's objects, one per non-blank line (a line
+    longer than ``max_line`` bytes is refused while it is read)."""
+    for number, raw in enumerate(iter(lambda: stream.readline(max_line + 1), b""), start=1):
+        if len(raw) > max_line:
+            raise ParseError(
+                name,
+                f"a line longer than {max_line:,} bytes (max_line); raise max_line",
+                line=number,
+            )
         if not raw.strip():
             continue
         try:

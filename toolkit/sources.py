@@ -23,11 +23,13 @@ import fnmatch
 import io
 import os
 import posixpath
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import IO, Any, Literal
 
 from toolkit.context import secret
@@ -83,7 +85,7 @@ class ReadyFile:
     fs: Any = field(default=None, repr=False, compare=False)
     data: bytes | None = field(default=None, repr=False, compare=False)  # fetched ahead
 
-    @property
+    @cached_property
     def stamp(self) -> str:
         """Return what tells two versions of the file apart besides its size: etag or mtime."""
         if self.etag:
@@ -157,7 +159,16 @@ def open_source(url: str, storage_options: Mapping[str, Any] | None = None) -> S
 
 
 def _mtime(info: Mapping[str, Any]) -> datetime | None:
-    for key in ("mtime", "LastModified", "last_modified", "modified", "created"):
+    # sshfs/local, s3fs, adlfs, generic, Dropbox (server clock), Google Drive, then creation
+    for key in (
+        "mtime",
+        "LastModified",
+        "last_modified",
+        "modified",
+        "server_modified",
+        "modifiedTime",
+        "created",
+    ):
         value = info.get(key)
         if value is None:
             continue
@@ -185,6 +196,9 @@ def _scan(source: Source, pattern: str, recursive: bool) -> dict[str, dict[str, 
     try:
         if source.local and not recursive:
             return _scan_local(root, pattern)
+        # A listing cached from an earlier look (adlfs and s3fs keep them for the life of the
+        # filesystem object) would give a file the partner replaced its old size when opened.
+        fs.invalidate_cache()
         found = fs.find(root, maxdepth=None if recursive else 1, detail=True)
     except FileNotFoundError as exc:
         raise SourceError(
@@ -198,6 +212,8 @@ def _scan(source: Source, pattern: str, recursive: bool) -> dict[str, dict[str, 
         if info.get("type", "file") != "file":
             continue
         rel = path[len(prefix) :] if path.startswith(prefix) else posixpath.basename(path)
+        if not recursive and "/" in rel:
+            continue  # adlfs's find ignores maxdepth; an archive under the inbox is not new files
         if fnmatch.fnmatchcase(posixpath.basename(rel), pattern) or fnmatch.fnmatchcase(
             rel, pattern
         ):
@@ -230,7 +246,7 @@ def source_now(source: Source) -> datetime:
         finally:
             source.fs.rm_file(probe)
         when = _mtime(info)
-    except (OSError, NotImplementedError, PermissionError):
+    except Exception:  # plugins refuse a write in their own terms (adlfs: HttpResponseError)
         when = None
     return when or datetime.now(UTC)
 
@@ -261,7 +277,8 @@ def list_files(
     ``probe_clock=False`` (dry runs) judges ``min_age`` by our clock instead of writing a probe.
     """
     src = source or open_source(url, storage_options)
-    excludes = tuple(exclude)
+    # one regex for all the exclude globs: a glob match per pattern per file adds up
+    excluded = re.compile("|".join(fnmatch.translate(ex) for ex in exclude) or "(?!)").match
     found = _scan(src, pattern, recursive)
     names = set(found)
     if done_suffix:
@@ -279,7 +296,7 @@ def list_files(
     for rel, info in found.items():
         base = posixpath.basename(rel)
         size = int(info.get("size") or 0)
-        if any(fnmatch.fnmatchcase(base, ex) for ex in excludes):
+        if excluded(base):
             continue
         if done_suffix and base.endswith(done_suffix):
             continue  # a marker, not data

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import threading
+import weakref
 from collections import Counter
 from collections.abc import Sequence
 from itertools import chain
@@ -40,6 +41,22 @@ __all__ = ["SqlTarget", "engine_for"]
 
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
+
+# Reflected tables (with their compiled statements) per engine, reused across calls: reflecting
+# and compiling cost more than writing a 500-row batch. On SQLite the cache is dropped whenever
+# the schema version moves (any connection, any process); elsewhere, and after any failed call,
+# it is dropped on failure, so a table altered behind our back costs one failed call (rolled
+# back, nothing written) and the next call reflects afresh.
+_TableKey = tuple[str, bool, tuple[str, ...], str | None]
+
+
+class _Reflected:
+    def __init__(self) -> None:
+        self.schema_version: Any = None
+        self.tables: dict[_TableKey, SqlTable] = {}
+
+
+_tables: weakref.WeakKeyDictionary[Engine, _Reflected] = weakref.WeakKeyDictionary()
 
 
 def engine_for(url: str) -> Engine:
@@ -76,20 +93,39 @@ class SqlTarget:
         created: list[sa.Table] = []
         try:
             with self.engine.connect() as conn:
+                cache = self._cache(conn)
                 if not write:
-                    return _Call(self, conn, job, False, plan, created).run()
+                    return _Call(self, conn, job, False, plan, created, cache).run()
                 with conn.begin():
                     self._begin_immediate(conn)
-                    return _Call(self, conn, job, True, plan, created).run()
+                    return _Call(self, conn, job, True, plan, created, cache).run()
         except _WriteFailed as failed:
+            _tables.pop(self.engine, None)
             raise self._explain(failed, created, job.key) from failed.cause
         except sa.exc.DBAPIError as exc:
+            _tables.pop(self.engine, None)
             where = self.engine.url.render_as_string(hide_password=True)
             raise UpsertError(
                 f"{job.table}: the database {where} refused: {_first_line(exc)}; "
                 "nothing was written",
                 table=job.table,
             ) from exc
+        except BaseException:
+            _tables.pop(self.engine, None)
+            raise
+
+    def _cache(self, conn: Connection) -> dict[_TableKey, SqlTable]:
+        """Return this engine's reflected tables, emptied if SQLite says the schema changed."""
+        cache = _tables.setdefault(self.engine, _Reflected())
+        if self.engine.dialect.name == "sqlite":
+            # one integer SQLite bumps on every schema change, by any connection or process
+            # (asked of the driver directly: through SQLAlchemy it would open a transaction)
+            driver = conn.connection.driver_connection
+            version = None if driver is None else driver.execute("PRAGMA schema_version").fetchone()
+            if cache.schema_version != version:
+                cache.tables.clear()
+                cache.schema_version = version
+        return cache.tables
 
     def _begin_immediate(self, conn: Connection) -> None:
         # pysqlite opens its transaction lazily, at the first write; take the write lock up front
@@ -149,9 +185,11 @@ class _Call:
         write: bool,
         plan: PlanRows | None,
         created: list[sa.Table],
+        cache: dict[_TableKey, SqlTable],
     ) -> None:
         self.target, self.conn, self.job, self.write, self.plan = target, conn, job, write, plan
         self.created = created
+        self.cache = cache
         self.tally = Tally()
         self.kids: dict[str, tuple[SqlTable, list[str], Groups]] = {}
         self.used: set[Any] = set()  # parent keys seen, to find orphaned child rows
@@ -199,6 +237,10 @@ class _Call:
                 table=name,
                 column=missing[0],
             )
+        cache_key = (name, child, tuple(key), None if child else self.job.version)
+        cached = self.cache.get(cache_key)
+        if cached is not None and all(c in cached.specs for c in sample.columns):
+            return cached
         table = reflect_table(self.conn, name)
         exists = table is not None
         if table is None:
@@ -227,6 +269,8 @@ class _Call:
             compiler=self.target.compiler,
         )
         bound.check_columns(sample.columns)
+        if exists:
+            self.cache[cache_key] = bound
         return bound
 
     def _chunk(self, table: SqlTable, chunk: Chunk) -> None:
