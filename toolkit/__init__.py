@@ -37,8 +37,10 @@ if TYPE_CHECKING:  # the lazy names, for type checkers and editors
     from toolkit.pagination import LinkHeader, NextCursor, Offset, PageNumber
     from toolkit.parsers import ParseError, parse
     from toolkit.poll import Poller, PollResult
+    from toolkit.queues import QueueError, QueueMessage, QueueResult, drain_queue
     from toolkit.sinks import UpsertResult, plan, upsert
     from toolkit.sources import ReadyFile, SourceError, list_files
+    from toolkit.sqlsource import SqlPoller, SqlPollResult, SqlSourceError, poll_sql
     from toolkit.state import State, StateConflict
 
 __version__ = "0.1.0"
@@ -63,17 +65,25 @@ _LAZY: dict[str, str] = {
     "PollError": "toolkit.pages",
     "PollResult": "toolkit.poll",
     "Poller": "toolkit.poll",
+    "QueueError": "toolkit.queues",
+    "QueueMessage": "toolkit.queues",
+    "QueueResult": "toolkit.queues",
     "ReadyFile": "toolkit.sources",
     "RetryPolicy": "toolkit.apiclient",
     "SourceError": "toolkit.sources",
+    "SqlPollResult": "toolkit.sqlsource",
+    "SqlPoller": "toolkit.sqlsource",
+    "SqlSourceError": "toolkit.sqlsource",
     "State": "toolkit.state",
     "StateConflict": "toolkit.state",
     "UpsertResult": "toolkit.sinks",
+    "drain_queue": "toolkit.queues",
     "export": "toolkit.exports",
     "import_files": "toolkit.imports",
     "list_files": "toolkit.sources",
     "parse": "toolkit.parsers",
     "plan": "toolkit.sinks",
+    "poll_sql": "toolkit.sqlsource",
     "redrive": "toolkit.completion",
     "send_email": "toolkit.mail",
     "upsert": "toolkit.sinks",
@@ -101,6 +111,9 @@ __all__ = [
     "PollError",
     "PollResult",
     "Poller",
+    "QueueError",
+    "QueueMessage",
+    "QueueResult",
     "ReadyFile",
     "RetryPolicy",
     "RunContext",
@@ -108,11 +121,15 @@ __all__ = [
     "ScheduleError",
     "SecretError",
     "SourceError",
+    "SqlPollResult",
+    "SqlPoller",
+    "SqlSourceError",
     "State",
     "StateConflict",
     "UpsertError",
     "UpsertResult",
     "context",
+    "drain_queue",
     "export",
     "import_files",
     "list_files",
@@ -120,6 +137,7 @@ __all__ = [
     "parse",
     "plan",
     "poll",
+    "poll_sql",
     "redrive",
     "secret",
     "send_email",

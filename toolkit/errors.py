@@ -14,7 +14,8 @@ Every error a user can cause names the file, key or value that is wrong and says
 Notebook-side helpers define their own subclasses of NbcronError beside the code that raises
 them: ``sources.SourceError``, ``parsers.ParseError``, ``imports.PermanentError``,
 ``pages.PollError``, ``state.StateConflict``, ``exports.ExportError``, ``xlsx.WorkbookError``,
-``delivery.DeliveryError`` (``DeliveryExistsError``) and ``mail.MailError``.
+``delivery.DeliveryError`` (``DeliveryExistsError``), ``mail.MailError``,
+``reports.ReportError``, ``sqlsource.SqlSourceError`` and ``queues.QueueError``.
 """
 
 from __future__ import annotations
