@@ -5,6 +5,9 @@ notice a wall clock that jumped), starts due runs in worker processes, and picks
 changed and removed schedule files as they happen (inotify through watchfiles). On SIGTERM or
 SIGINT it stops starting runs, lets running ones finish for ``grace`` seconds, then interrupts
 them; their records end ``interrupted`` and are saved.
+
+Housekeeping runs in its own thread, so it never delays a fire: retention (`toolkit.retention`)
+at start and then daily, and the overdue check of ``notify:`` (`toolkit.notify`) every minute.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ MAX_SLEEP = 60.0
 PRESTART = 2.0
 # Kernels starting together share the CPUs: allow this much more lead per run per core.
 KERNEL_START = 1.0
+PRUNE_EVERY = 24 * 3600.0
+OVERDUE_EVERY = 60.0
 
 
 class Daemon:
@@ -82,6 +87,28 @@ class Daemon:
             self._reload = True
             self._poke()
 
+    def _housekeep(self) -> None:
+        """Prune at start and then daily; look for overdue schedules every minute."""
+        from toolkit.notify import check_overdue
+        from toolkit.retention import prune
+
+        next_prune = time.monotonic()
+        while not self._watch_stop.is_set():
+            schedules = list(self.scheduler.schedules.values())  # replaced whole on reload
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + PRUNE_EVERY
+                try:
+                    result = prune(schedules, self.settings, now=self.clock())
+                    if result.runs or result.problems:
+                        log.info("pruned %d runs; %s", result.runs, "; ".join(result.problems))
+                except Exception:
+                    log.exception("pruning old runs failed; trying again in a day")
+            try:
+                check_overdue(schedules, self.settings, self.clock())
+            except Exception:
+                log.exception("the overdue check failed; trying again in a minute")
+            self._watch_stop.wait(OVERDUE_EVERY)
+
     def _drain_wakeups(self) -> None:
         with contextlib.suppress(BlockingIOError):
             while os.read(self._wake_r, 4096):
@@ -96,6 +123,7 @@ class Daemon:
         watcher.start()
         scheduler, dispatcher = self.scheduler, self.dispatcher
         scheduler.load()
+        threading.Thread(target=self._housekeep, name="housekeeping", daemon=True).start()
         log.info("serving %d schedules from %s", len(scheduler.schedules), self.settings.project)
         for planned in scheduler.recover(self.clock()):
             dispatcher.submit(planned)

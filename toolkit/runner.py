@@ -233,6 +233,10 @@ def run_schedule(
         _write_record(output, nb, record, scrubber, None, final=True)
         index.save(record, runner=None)
         log.info("%s %s in %.1fs -> %s", run_id, record.status, record.duration_s, output)
+        if schedule.notify is not None:
+            from toolkit.notify import notify_run  # only schedules that notify import httpx
+
+            notify_run(schedule, settings, record)  # never raises: the record is already saved
     return record
 
 

@@ -1,7 +1,8 @@
 """Schedules: ``schedules/NAME.yaml`` files loaded into typed, validated objects.
 
 A schedule names a notebook, when to run it (cron in a timezone) and how (parameters, secrets,
-timeout, retries, overlap and catch-up policies). Every error names the file, the key, the bad
+timeout, retries, overlap and catch-up policies), how long its runs are kept (``retention``) and
+whom to tell when it fails (``notify``). Every error names the file, the key, the bad
 value and the fix, e.g. ``schedules/orders.yaml: `cron` "*/61 * * * *" is not a valid cron
 expression (minute must be 0-59)``.
 """
@@ -25,9 +26,13 @@ from toolkit.units import parse_duration
 
 __all__ = [
     "Catchup",
+    "EmailNotify",
+    "Notify",
     "Overlap",
+    "Retention",
     "Retries",
     "Schedule",
+    "SmtpSecurity",
     "declared_parameters",
     "load_schedule",
     "load_schedules",
@@ -36,6 +41,7 @@ __all__ = [
 
 Overlap = Literal["skip", "queue", "allow"]
 Catchup = Literal["none", "latest", "all"]
+SmtpSecurity = Literal["starttls", "ssl", "none"]
 
 _KEYS = (
     "notebook",
@@ -48,6 +54,8 @@ _KEYS = (
     "overlap",
     "catchup",
     "enabled",
+    "retention",
+    "notify",
 )
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -59,6 +67,40 @@ class Retries:
 
     max: int = 0
     backoff: float = 60.0
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Which finished runs `nbcron prune` keeps: those of the last ``days`` and the newest ``runs``.
+
+    A run goes when it breaks either limit given; the newest failure always stays.
+    """
+
+    days: float | None = None
+    runs: int | None = None
+
+
+@dataclass(frozen=True)
+class EmailNotify:
+    """Where failure notices go by mail; credentials are names under the schedule's secrets."""
+
+    to: tuple[str, ...]
+    host: str
+    port: int
+    sender: str
+    security: SmtpSecurity = "starttls"
+    user_secret: str | None = None
+    password_secret: str | None = None
+
+
+@dataclass(frozen=True)
+class Notify:
+    """Whom to tell when runs fail, recover, or stop succeeding for ``overdue_after`` intervals."""
+
+    email: EmailNotify | None = None
+    webhook: str | None = None  # the URL as written in the schedule
+    webhook_secret: str | None = None  # or the name of a secret that holds it
+    overdue_after: int | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +119,8 @@ class Schedule:
     overlap: Overlap = "skip"
     catchup: Catchup = "latest"
     enabled: bool = True
+    retention: Retention | None = None
+    notify: Notify | None = None
 
     @property
     def tz(self) -> ZoneInfo:
@@ -209,6 +253,8 @@ def load_schedule(path: Path, settings: Settings) -> Schedule:
     enabled = data.get("enabled", True)
     if not isinstance(enabled, bool):
         raise ScheduleError(shown, "enabled", f"{enabled!r} must be true or false")
+    retention = _retention(data.get("retention"), shown)
+    notify = _notify(data.get("notify"), set(secrets), shown)
 
     return Schedule(
         name=name,
@@ -223,6 +269,8 @@ def load_schedule(path: Path, settings: Settings) -> Schedule:
         overlap=overlap,  # type: ignore[arg-type]
         catchup=catchup,  # type: ignore[arg-type]
         enabled=enabled,
+        retention=retention,
+        notify=notify,
     )
 
 
@@ -255,6 +303,122 @@ def _retries(value: Any, shown: str) -> Retries:
     except ValueError as exc:
         raise ScheduleError(shown, "retries.backoff", str(exc)) from exc
     return Retries(max=max_, backoff=backoff)
+
+
+def _mapping(
+    value: Any, key: str, keys: tuple[str, ...], shown: str, example: str
+) -> dict[str, Any]:
+    if not isinstance(value, dict) or not value:
+        raise ScheduleError(shown, key, f"{value!r} must be a mapping like {example}")
+    for name in value:
+        if name not in keys:
+            raise ScheduleError(shown, f"{key}.{name}", f"is not a key; use {', '.join(keys)}")
+    return value
+
+
+def _count(value: Any, key: str, shown: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ScheduleError(shown, key, f"{value!r} must be a whole number, 1 or more")
+    return value
+
+
+def _retention(value: Any, shown: str) -> Retention | None:
+    if value is None:
+        return None
+    value = _mapping(value, "retention", ("days", "runs"), shown, "{days: 30, runs: 500}")
+    days = value.get("days")
+    if days is not None and (
+        isinstance(days, bool) or not isinstance(days, (int, float)) or days <= 0
+    ):
+        raise ScheduleError(shown, "retention.days", f"{days!r} must be a number of days above 0")
+    runs = None if value.get("runs") is None else _count(value["runs"], "retention.runs", shown)
+    if days is None and runs is None:
+        raise ScheduleError(shown, "retention", "keeps everything; give days: N and/or runs: N")
+    return Retention(days=None if days is None else float(days), runs=runs)
+
+
+def _secret_name(value: Any, key: str, secrets: set[str], shown: str) -> str:
+    if value not in secrets:
+        raise ScheduleError(
+            shown, key, f"{value!r} is not under `secrets:`; add {value}: env:VAR there"
+        )
+    return str(value)
+
+
+def _notify(value: Any, secrets: set[str], shown: str) -> Notify | None:
+    if value is None:
+        return None
+    keys = ("email", "webhook", "overdue_after")
+    value = _mapping(value, "notify", keys, shown, "{webhook: https://..., overdue_after: 3}")
+    if value.get("email") is None and value.get("webhook") is None:
+        raise ScheduleError(shown, "notify", "names no channel; give email: {...} or webhook: URL")
+    overdue = value.get("overdue_after")
+    webhook, webhook_secret = value.get("webhook"), None
+    if isinstance(webhook, dict):
+        webhook = _mapping(webhook, "notify.webhook", ("url_secret",), shown, "{url_secret: NAME}")
+        webhook_secret = _secret_name(
+            webhook.get("url_secret"), "notify.webhook.url_secret", secrets, shown
+        )
+        webhook = None
+    elif webhook is not None and not (
+        isinstance(webhook, str) and webhook.startswith(("http://", "https://"))
+    ):
+        raise ScheduleError(
+            shown, "notify.webhook", f"{webhook!r} must be an http(s) URL or {{url_secret: NAME}}"
+        )
+    return Notify(
+        email=_email(value["email"], secrets, shown) if value.get("email") is not None else None,
+        webhook=webhook,
+        webhook_secret=webhook_secret,
+        overdue_after=None if overdue is None else _count(overdue, "notify.overdue_after", shown),
+    )
+
+
+def _email(value: Any, secrets: set[str], shown: str) -> EmailNotify:
+    keys = ("to", "from", "host", "port", "security", "user_secret", "password_secret")
+    value = _mapping(value, "notify.email", keys, shown, "{to: ops@example.com, host: smtp.host}")
+    to = value.get("to")
+    addresses = [to] if isinstance(to, str) else to
+    if (
+        not isinstance(addresses, list)
+        or not addresses
+        or not all(isinstance(a, str) and "@" in a for a in addresses)
+    ):
+        raise ScheduleError(
+            shown, "notify.email.to", f"{to!r} must be an address or a list of them"
+        )
+    host = value.get("host")
+    if not isinstance(host, str) or not host:
+        raise ScheduleError(shown, "notify.email.host", f"{host!r} must name the SMTP server")
+    security = value.get("security", "starttls")
+    if security not in get_args(SmtpSecurity):
+        raise ScheduleError(
+            shown, "notify.email.security", f"{security!r} must be one of starttls | ssl | none"
+        )
+    port = value.get("port", {"ssl": 465, "starttls": 587, "none": 25}[security])
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ScheduleError(shown, "notify.email.port", f"{port!r} must be a port number, 1-65535")
+    sender = value.get("from", f"nbcron@{host}")
+    if not isinstance(sender, str) or "@" not in sender:
+        raise ScheduleError(shown, "notify.email.from", f"{sender!r} must be an address")
+    user, password = value.get("user_secret"), value.get("password_secret")
+    if (user is None) != (password is None):
+        raise ScheduleError(
+            shown, "notify.email", "give both user_secret and password_secret, or neither"
+        )
+    return EmailNotify(
+        to=tuple(addresses),
+        host=host,
+        port=port,
+        sender=sender,
+        security=security,
+        user_secret=None
+        if user is None
+        else _secret_name(user, "notify.email.user_secret", secrets, shown),
+        password_secret=None
+        if password is None
+        else _secret_name(password, "notify.email.password_secret", secrets, shown),
+    )
 
 
 def declared_parameters(notebook: Path) -> dict[str, Any]:
