@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.orders_files import LocalFolder, acme, names, put, read_order, saver
+from tests.servers.azure import AzureContainer
 from tests.servers.s3 import S3Bucket
 from toolkit.acme import create_acme_database
 from toolkit.completion import redrive_schedule_file
@@ -35,9 +36,9 @@ def order(order_id: str, revision: int = 1, qty: int = 2) -> bytes:
     return order_summary_xml(Order(order_id, revision, when, "Globex GmbH", lines=lines))
 
 
-@pytest.fixture(params=["local", "sftp", "s3"])
+@pytest.fixture(params=["local", "sftp", "s3", "azure"])
 def folder(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    """The same test against a local folder, the SFTP server and the S3 server."""
+    """The same test against a local folder, the SFTP server, S3 and Azure Blob."""
     if request.param == "local":
         (tmp_path / "local").mkdir()
         return LocalFolder(tmp_path / "local", {})
@@ -170,9 +171,9 @@ def test_a_failed_move_is_retried_next_run_without_reading_the_file_again(
 ) -> None:
     put(folder, "inbox/one.xml", order("A-1"))
     day = datetime.now(UTC).strftime("%Y/%m/%d")
-    if isinstance(folder, S3Bucket):  # no folders on S3: archive to a bucket that is missing
+    if isinstance(folder, S3Bucket | AzureContainer):  # no folders: archive to a missing bucket
         bucket = f"archive-{uuid.uuid4().hex[:12]}"
-        archive = f"s3://{bucket}/archive"
+        archive = folder.url("archive").replace(folder.name, bucket, 1)
 
         def repair() -> None:
             folder.server.create_bucket(bucket)

@@ -92,7 +92,16 @@ class Completer:
             os.replace(path, dest)
             return
         self.fs.makedirs(posixpath.dirname(dest), exist_ok=True)
-        self.fs.mv(path, dest)
+        if _AZURE.intersection(_protocols(self.fs)):
+            _azure_move(self.fs, path, dest)
+        else:
+            try:
+                self.fs.mv(path, dest)
+            except NotImplementedError:
+                # no server-side copy or move (Google Drive's plugin): copy through this
+                # process, and delete the source only once the copy is whole
+                self.fs.pipe_file(dest, self.fs.cat_file(path))
+                self.fs.rm_file(path)
         # some filesystems cache listings; make sure the next look sees the move
         with contextlib.suppress(AttributeError):
             self.fs.invalidate_cache()
@@ -223,6 +232,39 @@ class Completer:
         self._move(held, dest)
         self._remove(f"{held}.error.json")
         return dest
+
+
+_AZURE = frozenset({"az", "abfs", "abfss"})
+
+
+def _azure_move(fs: Any, path: str, dest: str, *, timeout: float = 600.0) -> None:
+    """Return once blob ``path`` is copied to ``dest`` server-side, and only then deleted.
+
+    adlfs's ``mv`` deletes the source as soon as the copy has *started*; Azure may run a copy
+    asynchronously (``pending``), and deleting its source then fails the copy: the file is lost.
+    """
+    import time
+
+    from fsspec.asyn import sync
+
+    fs.cp_file(path, dest)
+    container, blob, _ = fs.split_path(dest)
+
+    async def copy_status() -> str | None:
+        async with fs.service_client.get_blob_client(container, blob) as client:
+            props = await client.get_blob_properties()
+        return props.copy.status  # type: ignore[no-any-return]
+
+    deadline = time.monotonic() + timeout
+    while (status := sync(fs.loop, copy_status)) == "pending":
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"the Azure copy of {path} to {dest} is still pending; the source is kept"
+            )
+        time.sleep(1.0)
+    if status not in (None, "success"):
+        raise OSError(f"the Azure copy of {path} to {dest} ended {status!r}; the source is kept")
+    fs.rm_file(path)
 
 
 def source_key(url: str) -> str:

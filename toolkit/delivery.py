@@ -34,6 +34,7 @@ import sqlalchemy as sa
 from toolkit.context import RunContext, add_metric, context, state_database
 from toolkit.database import engine as shared_engine
 from toolkit.errors import NbcronError
+from toolkit.sources import resolve_options
 
 __all__ = [
     "IF_EXISTS",
@@ -216,7 +217,7 @@ def deliver_file(
             add_metric("deliveries_skipped")
             return Delivery(key, name, previous, sha256, size, "already_delivered")
     try:
-        fs, folder = fsspec.core.url_to_fs(dest, **dict(storage_options or {}))
+        fs, folder = fsspec.core.url_to_fs(dest, **resolve_options(storage_options))
     except (ImportError, ValueError, OSError) as exc:
         raise DeliveryError(
             f"cannot open destination {redact(dest)!r}: {type(exc).__name__}: {exc}; check the "

@@ -8,7 +8,9 @@ test that needs it fail with the reason (DESIGN.md: no silent skip).
 - ``sftp_server`` (session) -> `SftpServer`: OpenSSH ``sshd`` (else asyncssh)
 - ``s3`` (function) -> `S3Bucket`: a fresh bucket on moto's S3
 - ``s3_server`` (session) -> `S3Server`; dummy AWS credentials in ``os.environ``
-- ``remote_folder`` (function) -> ``sftp`` then ``s3``: the same test against both
+- ``azure`` (function) -> `AzureContainer`: a fresh container on Azurite's blob service
+- ``azure_server`` (session) -> `AzureServer`; its connection string in ``os.environ``
+- ``remote_folder`` (function) -> ``sftp``, ``s3``, then ``azure``: the same test against each
 - ``smtp_server`` (function) -> `SmtpServer`: plain SMTP, no AUTH
 - ``smtp_starttls_server`` (function) -> `SmtpServer`: STARTTLS then AUTH required
 - ``smtp_ssl_server`` (function) -> `SmtpServer`: SMTPS (TLS from the start), AUTH required
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers.azure import AZURE_ENV_UNSET, AzureContainer, AzureServer
 from tests.servers.s3 import AWS_ENV_UNSET, S3Bucket, S3Server
 from tests.servers.sftp import SftpFolder, SftpServer
 from tests.servers.smtp import Certificate, SmtpServer, make_certificate
@@ -62,16 +65,41 @@ def s3(s3_server: S3Server) -> S3Bucket:
     return S3Bucket(s3_server)
 
 
-# -- either ----------------------------------------------------------------------------------
+# -- Azure Blob ------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sftp", "s3"])
-def remote_folder(request: pytest.FixtureRequest) -> SftpFolder | S3Bucket:
-    """Run the test once against a fresh SFTP folder and once against a fresh S3 bucket.
+@pytest.fixture(scope="session")
+def azure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzureServer]:
+    with (
+        AzureServer(tmp_path_factory.mktemp("azurite")) as server,
+        pytest.MonkeyPatch.context() as env,
+    ):
+        # adlfs falls back to these variables for any argument not given: a kernel given no
+        # storage options must still reach the local server, never a real account or identity.
+        for name in AZURE_ENV_UNSET:
+            env.delenv(name, raising=False)
+        for name, value in server.env.items():
+            env.setenv(name, value)
+        yield server
 
-    Both have ``url(path)``, ``path(path)``, ``storage_options`` and ``fs``.
+
+@pytest.fixture
+def azure(azure_server: AzureServer) -> AzureContainer:
+    return AzureContainer(azure_server)
+
+
+# -- any of them -----------------------------------------------------------------------------
+
+RemoteFolder = SftpFolder | S3Bucket | AzureContainer
+
+
+@pytest.fixture(params=["sftp", "s3", "azure"])
+def remote_folder(request: pytest.FixtureRequest) -> RemoteFolder:
+    """Run the test against a fresh SFTP folder, S3 bucket and Azure container in turn.
+
+    Each has ``url(path)``, ``path(path)``, ``storage_options`` and ``fs``.
     """
-    folder: SftpFolder | S3Bucket = request.getfixturevalue(request.param)
+    folder: RemoteFolder = request.getfixturevalue(request.param)
     return folder
 
 
