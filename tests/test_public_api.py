@@ -27,6 +27,10 @@ NOTEBOOK_SIDE = [
     "delivery",
     "mail",
     "xlsx",
+    "pdf",
+    "xmlexport",
+    "sqlsource",
+    "queues",
 ]
 
 

@@ -36,12 +36,14 @@ if TYPE_CHECKING:  # the lazy names, for type checkers and editors
     from toolkit.pages import PollError
     from toolkit.pagination import LinkHeader, NextCursor, Offset, PageNumber
     from toolkit.parsers import ParseError, parse
+    from toolkit.pdf import PdfError
     from toolkit.poll import Poller, PollResult
     from toolkit.queues import QueueError, QueueMessage, QueueResult, drain_queue
     from toolkit.sinks import UpsertResult, plan, upsert
     from toolkit.sources import ReadyFile, SourceError, list_files
     from toolkit.sqlsource import SqlPoller, SqlPollResult, SqlSourceError, poll_sql
     from toolkit.state import State, StateConflict
+    from toolkit.xmlexport import XsdError, XsdViolation, validate_xml
 
 __version__ = "0.1.0"
 
@@ -62,6 +64,7 @@ _LAZY: dict[str, str] = {
     "Offset": "toolkit.pagination",
     "PageNumber": "toolkit.pagination",
     "ParseError": "toolkit.parsers",
+    "PdfError": "toolkit.pdf",
     "PollError": "toolkit.pages",
     "PollResult": "toolkit.poll",
     "Poller": "toolkit.poll",
@@ -77,6 +80,8 @@ _LAZY: dict[str, str] = {
     "State": "toolkit.state",
     "StateConflict": "toolkit.state",
     "UpsertResult": "toolkit.sinks",
+    "XsdError": "toolkit.xmlexport",
+    "XsdViolation": "toolkit.xmlexport",
     "drain_queue": "toolkit.queues",
     "export": "toolkit.exports",
     "import_files": "toolkit.imports",
@@ -87,6 +92,7 @@ _LAZY: dict[str, str] = {
     "redrive": "toolkit.completion",
     "send_email": "toolkit.mail",
     "upsert": "toolkit.sinks",
+    "validate_xml": "toolkit.xmlexport",
 }
 
 __all__ = [
@@ -108,6 +114,7 @@ __all__ = [
     "PageNumber",
     "ParameterError",
     "ParseError",
+    "PdfError",
     "PollError",
     "PollResult",
     "Poller",
@@ -128,6 +135,8 @@ __all__ = [
     "StateConflict",
     "UpsertError",
     "UpsertResult",
+    "XsdError",
+    "XsdViolation",
     "context",
     "drain_queue",
     "export",
@@ -143,6 +152,7 @@ __all__ = [
     "send_email",
     "state",
     "upsert",
+    "validate_xml",
 ]
 
 

@@ -15,7 +15,8 @@ Notebook-side helpers define their own subclasses of NbcronError beside the code
 them: ``sources.SourceError``, ``parsers.ParseError``, ``imports.PermanentError``,
 ``pages.PollError``, ``state.StateConflict``, ``exports.ExportError``, ``xlsx.WorkbookError``,
 ``delivery.DeliveryError`` (``DeliveryExistsError``), ``mail.MailError``,
-``reports.ReportError``, ``sqlsource.SqlSourceError`` and ``queues.QueueError``.
+``reports.ReportError``, ``sqlsource.SqlSourceError``, ``queues.QueueError``, ``pdf.PdfError``,
+``xmlexport.XsdError`` and ``xmlexport.XsdViolation`` (an ``ExportError``).
 """
 
 from __future__ import annotations

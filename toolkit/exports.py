@@ -1,4 +1,4 @@
-"""Build a CSV or Excel report and deliver it in one call: ``toolkit.export``.
+"""Build a CSV, Excel, PDF or XML report and deliver it in one call: ``toolkit.export``.
 
 ::
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
@@ -37,8 +38,15 @@ from toolkit.xlsx import needs_guard, write_xlsx
 
 __all__ = ["ExportError", "ExportResult", "Format", "export", "write_csv"]
 
-Format = Literal["csv", "xlsx"]
+Format = Literal["csv", "xlsx", "pdf", "xml"]
 _EXTENSIONS: dict[str, Format] = {".csv": "csv", ".txt": "csv", ".tsv": "csv", ".xlsx": "xlsx"}
+_EXTENSIONS |= {".pdf": "pdf", ".xml": "xml"}
+# formats written beside this module, imported only when asked for (reportlab, xmlschema):
+# writer(sheets, path, *, guard, **options) -> rows per sheet; module.OPTIONS names the options
+_WRITERS: dict[str, tuple[str, str]] = {
+    "pdf": ("toolkit.pdf", "write_pdf"),
+    "xml": ("toolkit.xmlexport", "write_xml"),
+}
 _CSV_OPTIONS = frozenset(
     {"encoding", "sep", "delimiter", "quoting", "quotechar", "lineterminator", "decimal",
      "date_format", "float_format", "na_rep", "escapechar", "doublequote", "header"}
@@ -165,11 +173,11 @@ def _format_of(name: str, fmt: Format | None) -> Format:
         if suffix not in _EXTENSIONS:
             raise ExportError(
                 f"cannot tell the format of {name!r} from its extension; "
-                "name it .xlsx or .csv, or pass format='xlsx' or 'csv'"
+                "name it .xlsx or .csv (or .pdf, .xml), or pass format='xlsx' (csv, pdf, xml)"
             )
         return _EXTENSIONS[suffix]
-    if fmt not in ("csv", "xlsx"):
-        raise ExportError(f"format={fmt!r} is not known; use 'csv' or 'xlsx'")
+    if fmt not in ("csv", "xlsx", "pdf", "xml"):
+        raise ExportError(f"format={fmt!r} is not known; use 'csv', 'xlsx', 'pdf' or 'xml'")
     return fmt
 
 
@@ -204,7 +212,7 @@ def export(
     quiet: bool = False,
     **options: Any,
 ) -> ExportResult:
-    """Return the `ExportResult` of writing ``data`` as CSV or XLSX and delivering it to ``dest``.
+    """Return the `ExportResult` of writing ``data`` (CSV, XLSX, PDF, XML) delivered to ``dest``.
 
     ``name`` and ``dest`` are templates over the run context
     (``orders_{scheduled_for:%Y-%m-%d}.xlsx``, ``s3://reports/{scheduled_for:%Y}/``).
@@ -214,7 +222,10 @@ def export(
     destination already. ``dry_run`` (default: the run's) builds the file but does not deliver
     it. ``storage_options`` go to fsspec (e.g. SFTP ``username``/``password``, S3
     ``endpoint_url``). XLSX options: ``number_formats`` and ``widths`` by column name; CSV
-    options: pandas ``to_csv``'s (``delimiter``, ``encoding``, ``quoting``, ...).
+    options: pandas ``to_csv``'s (``delimiter``, ``encoding``, ``quoting``, ...). PDF options
+    (`toolkit.pdf`): ``title``, ``run_time``, ``pagesize``, ``orientation``, ``font``,
+    ``font_size``. XML options (`toolkit.xmlexport`): ``root``, ``record``, ``xsd`` (validated
+    before delivery), ``namespace``, ``root_attributes``, ``sep``, ``indent``.
     The result is printed (``quiet=True`` silences it) and counted in the run's metrics.
     """
     ctx = context()
@@ -223,7 +234,12 @@ def export(
     folder = render_name(folder, ctx) if "{" in folder else folder
     file_name = render_name(template, ctx)
     fmt = _format_of(file_name, format)
-    allowed = _CSV_OPTIONS if fmt == "csv" else _XLSX_OPTIONS
+    writer = None
+    if fmt in _WRITERS:
+        module = importlib.import_module(_WRITERS[fmt][0])
+        writer, allowed = getattr(module, _WRITERS[fmt][1]), module.OPTIONS
+    else:
+        allowed = _CSV_OPTIONS if fmt == "csv" else _XLSX_OPTIONS
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ExportError(
@@ -233,7 +249,14 @@ def export(
     sheets = _sheets(data, fmt)
     with tempfile.TemporaryDirectory(prefix="nbcron-export-") as tmp:
         local = Path(tmp) / file_name
-        if fmt == "xlsx":
+        if writer is not None:
+            counts = writer(
+                {sheet: _frames(frames) for sheet, frames in sheets.items()},
+                local,
+                guard=guard,
+                **options,
+            )
+        elif fmt == "xlsx":
             counts = write_xlsx(
                 {sheet: _frames(frames) for sheet, frames in sheets.items()},
                 local,

@@ -77,10 +77,12 @@ _registry: dict[str, Parser | str] = {
     "json": "toolkit.parsers:iter_json",
     "jsonl": "toolkit.parsers:iter_jsonl",
     "xlsx": "toolkit.spreadsheets:iter_xlsx",
+    "pdf": "toolkit.pdf:iter_pdf",
 }
 registry: Mapping[str, Parser | str] = MappingProxyType(_registry)
 _extensions = {".xml": "xml", ".csv": "csv", ".tsv": "csv", ".txt": "csv", ".json": "json"}
 _extensions |= {".jsonl": "jsonl", ".ndjson": "jsonl", ".xlsx": "xlsx", ".xlsm": "xlsx"}
+_extensions |= {".pdf": "pdf"}
 
 
 def register(

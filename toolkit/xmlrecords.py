@@ -16,6 +16,7 @@ in ``lists`` even when it occurs once.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection, Iterator
 from typing import IO, Any
 from xml.etree import ElementTree
@@ -222,13 +223,29 @@ def iter_xml(
     max_text: int = MAX_TEXT,
     max_elements: int = MAX_ELEMENTS,
     allow_dtd: bool = False,
+    xsd: str | os.PathLike[str] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Return an iterator over the records of an XML file: each ``<record>`` element as a dict,
     or without ``record`` the root element as one dict.
 
     ``allow_dtd=True`` accepts a DOCTYPE without entity declarations; entities and external
-    references are refused either way.
+    references are refused either way. ``xsd`` (a local path): the whole file is checked against
+    it first, and refused naming the element, line and reason if it breaks it.
     """
+    if xsd is not None:
+        from toolkit.xmlexport import iter_valid_xml  # xmlschema loads only when an XSD is given
+
+        yield from iter_valid_xml(
+            stream,
+            name=name,
+            xsd=xsd,
+            record=record,
+            lists=lists,
+            max_text=max_text,
+            max_elements=max_elements,
+            allow_dtd=allow_dtd,
+        )
+        return
     first = stream.read(CHUNK)
     # the whole file is in hand (and too small to break either limit)
     if len(first) < CHUNK and max_text >= CHUNK and max_elements >= CHUNK // 4:
