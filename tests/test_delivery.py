@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import threading
@@ -16,6 +17,7 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pytest
+from fsspec.implementations.memory import MemoryFileSystem
 
 from tests.conftest import Project
 from tests.servers.s3 import S3Bucket
@@ -133,6 +135,28 @@ def test_memory_filesystem(tmp_path: Path) -> None:
     assert [p.rpartition("/")[2] for p in fsspec.filesystem("memory").ls(folder, detail=False)] == [
         "r.csv"
     ]
+
+
+class _NoMoveFileSystem(MemoryFileSystem):
+    """A filesystem without a server-side move, as Google Drive's plugin is."""
+
+    protocol = ("nomove",)
+
+    def mv(self, *args: object, **kwargs: object) -> None:
+        raise NotImplementedError
+
+
+def test_a_destination_without_move_still_gets_the_whole_file_once(tmp_path: Path) -> None:
+    fsspec.register_implementation("nomove", _NoMoveFileSystem, clobber=True)
+    folder = f"nomove://nbcron-{uuid.uuid4().hex}"
+    export(report(seed=1), folder, name="r.csv")
+    second = export(report(rows=5, seed=2), folder, name="r.csv", if_exists="overwrite")
+
+    fs = fsspec.filesystem("nomove")
+    assert [p.rpartition("/")[2] for p in fs.ls(folder, detail=False)] == ["r.csv"]
+    data = fs.cat_file(f"{folder}/r.csv")
+    assert hashlib.sha256(data).hexdigest() == second.sha256
+    assert data.count(b"\r\n") == 6  # header and five rows: the second file, whole
 
 
 def test_dry_run_builds_the_file_but_delivers_nothing(tmp_path: Path) -> None:

@@ -256,7 +256,7 @@ def deliver_file(
             fs.pipe_file(posixpath.join(folder, marker), b"")
     except DeliveryError:
         raise
-    except (OSError, RuntimeError, ValueError) as exc:
+    except Exception as exc:  # fsspec plugins raise their SDK's own errors too (Dropbox, Azure)
         raise DeliveryError(
             f"could not deliver {name} to {redact(dest)}: {type(exc).__name__}: {exc}; "
             "check the URL, credentials (storage options) and that the folder is writable"
@@ -286,8 +286,19 @@ def _rename(fs: Any, source: str, target: str) -> None:
         return
     try:
         fs.mv(source, target)
-    except (FileExistsError, OSError):
-        # A plain SFTP rename refuses an existing target (no posix-rename on this server):
-        # the old file goes first, so a reader sees the old file, none, or the new one.
+    except NotImplementedError:
+        # No server-side move (Google Drive's plugin): the staged file is copied through this
+        # process in one upload, which appears whole, then dropped. Drive keeps two files of
+        # one name side by side, so an old one goes first.
+        if fs.exists(target):
+            fs.rm_file(target)
+        fs.pipe_file(target, fs.cat_file(source))
+        fs.rm_file(source)
+    except Exception:
+        # A plain SFTP rename (no posix-rename on the server), and Dropbox's copy, refuse an
+        # existing target: the old file goes first, so a reader sees the old file, none, or the
+        # new one. Any other refusal is the error to report.
+        if not fs.exists(target):
+            raise
         fs.rm_file(target)
         fs.mv(source, target)
