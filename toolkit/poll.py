@@ -317,22 +317,18 @@ def poll(
         return poller.run(sink, target=target)
     if target is None or table is None:
         raise ValueError("poll() needs `target` and `table` to upsert into, or a `sink` function")
-    from toolkit.sinks import upsert
+    from toolkit.sinks import COUNTS, upsert_page
 
-    counts = dict.fromkeys(("inserted", "updated", "unchanged", "skipped_stale"), 0)
+    counts = dict.fromkeys(COUNTS, 0)
 
     def to_target(records: list[Record]) -> None:
-        rows = transform(records) if transform is not None else records
-        children = None
-        if isinstance(rows, tuple):
-            rows, children = rows
-        done = upsert(
-            rows,
-            target,  # type: ignore[arg-type]
+        done = upsert_page(
+            records,
+            target,
             table=table,
             key=key,
             version=version,
-            children=children,
+            transform=transform,
             dry_run=poller.dry_run,
         )
         for name in counts:

@@ -187,27 +187,18 @@ def _upsert_writer(
     version: str | None,
     transform: Callable[[list[Record]], Any] | None,
 ) -> Writer:
-    from toolkit.sinks import upsert
+    from toolkit.sinks import COUNTS, upsert_page
 
     def write(records: list[Record], dry_run: bool) -> dict[str, int]:
-        rows = transform(records) if transform is not None else records
-        children = None
-        if isinstance(rows, tuple):
-            rows, children = rows
-        done = upsert(
-            rows,
-            target,  # type: ignore[arg-type]
+        done = upsert_page(
+            records,
+            target,
             table=table,
             key=key,
             version=version,
-            children=children,
+            transform=transform,
             dry_run=dry_run,
         )
-        return {
-            "inserted": done.inserted,
-            "updated": done.updated,
-            "unchanged": done.unchanged,
-            "skipped_stale": done.skipped_stale,
-        }
+        return {name: getattr(done, name) for name in COUNTS}
 
     return write

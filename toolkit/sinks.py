@@ -28,7 +28,9 @@ from toolkit.errors import UpsertError
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-__all__ = ["UpsertResult", "plan", "upsert"]
+__all__ = ["COUNTS", "UpsertResult", "plan", "upsert", "upsert_page"]
+
+COUNTS = ("inserted", "updated", "unchanged", "skipped_stale")  # an UpsertResult's tallies
 
 
 class Target(Protocol):
@@ -92,6 +94,31 @@ def upsert(
         skipped_stale=tally.skipped_stale,
         dry_run=dry_run,
         plan=collected.frame() if collected is not None else None,
+    )
+
+
+def upsert_page(
+    records: list[Any],
+    target: Any,
+    *,
+    table: str,
+    key: str | Sequence[str],
+    version: str | None,
+    transform: Any,
+    dry_run: bool | None,
+) -> UpsertResult:
+    """Return the upsert of one page (or chunk, or batch) an importer fetched.
+
+    ``transform`` (optional) turns the page into the rows to upsert, or into ``(rows,
+    {child_table: child_rows})``; the importers (`toolkit.poll`, `toolkit.poll_sql`,
+    `toolkit.drain_queue`) share this step.
+    """
+    rows = transform(records) if transform is not None else records
+    children = None
+    if isinstance(rows, tuple):
+        rows, children = rows
+    return upsert(
+        rows, target, table=table, key=key, version=version, children=children, dry_run=dry_run
     )
 
 

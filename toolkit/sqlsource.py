@@ -411,22 +411,18 @@ def poll_sql(
         return poller.run(sink, target=target)
     if target is None or table is None:
         raise ValueError("poll_sql() needs `target` and `table` to upsert into, or a `sink`")
-    from toolkit.sinks import upsert
+    from toolkit.sinks import COUNTS, upsert_page
 
-    counts = dict.fromkeys(("inserted", "updated", "unchanged", "skipped_stale"), 0)
+    counts = dict.fromkeys(COUNTS, 0)
 
-    def to_target(rows: list[Record]) -> None:
-        out = transform(rows) if transform is not None else rows
-        children = None
-        if isinstance(out, tuple):
-            out, children = out
-        done = upsert(
-            out,
-            target,  # type: ignore[arg-type]
+    def to_target(records: list[Record]) -> None:
+        done = upsert_page(
+            records,
+            target,
             table=table,
             key=key,
             version=version,
-            children=children,
+            transform=transform,
             dry_run=poller.dry_run,
         )
         for name in counts:
