@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,28 @@ pytest_plugins = ["tests.servers.fixtures"]
 
 HERE = Path(__file__).parent
 TEST_NOTEBOOKS = HERE / "notebooks"
+
+# The longest test files, longest first (CI durations). The README's test command runs the suite
+# on two workers, one file at a time each (pytest-xdist `--dist loadfile`, in collection order):
+# starting these first keeps one of them from being the last thing running while the other
+# worker idles.
+LONGEST_FIRST = (
+    "test_serve",
+    "test_scale_out",
+    "test_scheduler_policies",
+    "test_ha",
+    "test_notify",
+    "test_file_import_crash",
+    "test_migrate",
+    "test_reports",
+    "test_xmlexport",
+    "test_publish",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: files stay whole
 
 
 @dataclass
@@ -96,3 +119,28 @@ def read_pids(path: Path) -> dict[str, Any]:
 
 def postgres_url() -> str | None:
     return os.environ.get("NBCRON_TEST_POSTGRES") or None
+
+
+# The browser tests (test_ui_browser, test_jupyterlab) drive Debian's Chromium through Playwright.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    # Required, not optional: CI installs it (.ci/run); without it this test fails.
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: apt-get install chromium chromium-driver"
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()

@@ -191,3 +191,19 @@ def test_two_imports_at_once_share_the_inbox_through_the_ledger(
                 {"s": source_key(str(inbox))},
             )
         engine.dispose()
+
+
+def test_marks_tell_two_versions_of_one_name_apart(state: tuple[str, str]) -> None:
+    url, source = state
+    ledger = Ledger(url, source, run_id="r/1")
+    old, new = ("a.xml", 10, "2026-01-01T00:00:00"), ("a.xml", 12, "2026-01-02T00:00:00")
+    many = [(f"m{i:04d}.xml", i, "s") for i in range(600)]  # more than one statement's worth
+    ledger.claim([old, new, *many], max_attempts=3)
+    destinations = {new: "archive/a.xml", **{k: f"archive/{k[0]}" for k in many}}
+    assert ledger.mark([new, *many], "processed", destinations=destinations) == 601
+    states = {e.key: (e.state, e.destination) for e in ledger.entries()}
+    assert states[old] == ("claimed", None)
+    assert states[new] == ("processed", "archive/a.xml")
+    assert states[many[599]] == ("processed", "archive/m0599.xml")
+    assert ledger.mark([old, *many], "completed", release=True) == 601
+    assert {e.state for e in ledger.entries() if e.key != new} == {"completed"}

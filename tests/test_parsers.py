@@ -175,3 +175,37 @@ def test_a_team_registers_a_format_by_import_string_without_editing_toolkit(
 def upper_lines(stream: io.BufferedIOBase, *, name: str) -> list[dict[str, str]]:
     """A parser as a team would write one."""
     return [{"line": raw.decode().strip().upper()} for raw in stream if raw.strip()]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        ORDER,
+        b"\xef\xbb\xbf" + ORDER.split(b"\n", 1)[1],  # a BOM, no XML declaration
+        b'<?xml version="1.0"?>\n<o xmlns:p="urn:p"><p:a p:x="1">t<b>u</b>v</p:a><?pi x?></o>',
+        b"<o><a><![CDATA[<x>]]></a><!-- c --><a>2</a></o>",
+    ],
+)
+def test_a_small_document_reads_the_same_whole_as_streamed(tmp_path: Path, data: bytes) -> None:
+    from toolkit import xmlrecords
+
+    whole = parse(write(tmp_path, "f.xml", data), lists={"Line"})
+    streamed = list(
+        xmlrecords.iter_xml(io.BytesIO(data), name="f.xml", lists={"Line"}, max_elements=10)
+    )  # max_elements under 64 KiB / 4: the streaming builder, never the whole-document path
+    assert whole == streamed
+
+
+def test_dtd_entities_and_external_references_are_refused_on_every_path(
+    tmp_path: Path,
+) -> None:
+    laughs = b'<!DOCTYPE a [<!ENTITY l "lol"><!ENTITY l2 "&l;&l;&l;">]><a>&l2;</a>'
+    xxe = b'<!DOCTYPE a [<!ENTITY e SYSTEM "file:///etc/passwd">]><a>&e;</a>'
+    dtd = b'<!DOCTYPE a SYSTEM "http://127.0.0.1:9/x.dtd"><a/>'
+    undeclared = b"<a>&e;</a>"  # no DTD to declare it: refused, never looked up
+    for data in (laughs, xxe, dtd, undeclared):
+        for options in ({}, {"record": "a"}, {"max_elements": 10}):
+            with pytest.raises(ParseError) as caught:
+                parse(write(tmp_path, "x.xml", data), **options)
+            assert "root:" not in str(caught.value)  # nothing of /etc/passwd came back
+            assert str(caught.value).startswith("x.xml, line 1")

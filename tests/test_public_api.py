@@ -31,6 +31,8 @@ NOTEBOOK_SIDE = [
     "xmlexport",
     "sqlsource",
     "queues",
+    "workbench",
+    "progress",
 ]
 
 

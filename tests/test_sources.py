@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 import fsspec
 import pytest
@@ -57,3 +58,50 @@ def test_a_missing_folder_names_the_source_and_the_fix(tmp_path: os.PathLike[str
     missing = os.path.join(os.fspath(tmp_path), "nope")
     with pytest.raises(SourceError, match="the folder does not exist; create it or fix `source`"):
         list_files(missing)
+
+
+def test_a_ready_file_reads_whole_even_when_it_grew_after_listing(tmp_path: Path) -> None:
+    from toolkit.sources import SMALL_FILE
+
+    (tmp_path / "a.xml").write_bytes(b"<a/>")
+    (tmp_path / "b.xml").write_bytes(b"x" * 10)
+    small, grows = list_files(str(tmp_path), "*.xml", order="name")
+    (tmp_path / "b.xml").write_bytes(b"y" * (3 * SMALL_FILE + 5))  # listed at 10 bytes
+    assert small.read() == b"<a/>"
+    with grows.open() as fh:
+        assert fh.read(4) == b"yyyy"
+        assert len(fh.read()) == 3 * SMALL_FILE + 1
+
+
+def test_a_file_deleted_while_the_folder_is_listed_is_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another run completing files while this one lists: they are gone, not a missing folder."""
+    for name in ("a.xml", "b.xml", "c.xml"):
+        (tmp_path / name).write_bytes(b"<a/>")
+    real_scandir = os.scandir
+
+    class OtherRunDeletes:
+        """The real listing; once its first entry is out, the other files are deleted."""
+
+        def __init__(self, path: str) -> None:
+            self.entries = real_scandir(path)
+
+        def __enter__(self) -> OtherRunDeletes:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.entries.close()
+
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            for i, entry in enumerate(self.entries):
+                yield entry
+                if i == 0:
+                    for name in os.listdir(path=tmp_path):
+                        if name != entry.name:
+                            os.remove(tmp_path / name)
+
+    monkeypatch.setattr(os, "scandir", OtherRunDeletes)
+    listed = list_files(str(tmp_path), "*.xml")
+    assert [f.name for f in listed] == os.listdir(tmp_path)
+    assert len(listed) == 1

@@ -20,16 +20,6 @@ import pytest
 from tests.conftest import TEST_NOTEBOOKS, Project
 from tests.test_ui import UiServer, ui_server
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 WAIT_MS = 120_000  # a run started from the UI: a kernel on a busy machine
 
 pytestmark = pytest.mark.slow
@@ -61,18 +51,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     artifacts.mkdir(parents=True, exist_ok=True)
     with ui_server(project) as server:
         yield Site(project, server, artifacts, runs)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    # Required, not optional: CI installs it (.ci/run); without it this test fails.
-    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: apt-get install chromium chromium-driver"
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture

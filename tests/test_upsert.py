@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -413,6 +414,24 @@ def test_a_dry_run_against_a_missing_table_plans_inserts_and_creates_nothing(
 
     assert list(preview["action"]) == ["insert", "insert"]
     assert not sa.inspect(sql.engine).has_table(t.parent)
+
+
+def test_a_dry_run_against_a_sqlite_file_not_yet_there_plans_inserts_and_creates_no_file(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "acme.db"  # in a folder that exists: connecting would create it
+    target = f"sqlite:///{missing}"
+    rows = [{"id": 1, "kind": "a"}, {"id": 2, "kind": "b"}]
+
+    result = upsert(rows, target, table="events", key="id", dry_run=True)
+    preview = plan(rows, target, table="events", key="id")
+
+    assert (result.inserted, result.updated, result.dry_run) == (2, 0, True)
+    assert list(preview["action"]) == ["insert", "insert"]
+    assert list(tmp_path.iterdir()) == []
+    # the real run then creates the file and does what the plan said
+    assert upsert(rows, target, table="events", key="id", dry_run=False).inserted == 2
+    assert missing.exists()
 
 
 def test_a_missing_table_is_created_from_the_dataframe_dtypes(sql: SqlBackend) -> None:

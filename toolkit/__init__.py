@@ -22,6 +22,7 @@ from toolkit.errors import (
 )
 from toolkit.poll import poll  # bound eagerly: the function shares its module's name
 from toolkit.state import state  # likewise
+from toolkit.workbench import workbench  # likewise; its widgets load when one is built
 
 if TYPE_CHECKING:  # the lazy names, for type checkers and editors
     from toolkit.apiclient import RetryPolicy
@@ -43,6 +44,7 @@ if TYPE_CHECKING:  # the lazy names, for type checkers and editors
     from toolkit.sources import ReadyFile, SourceError, list_files
     from toolkit.sqlsource import SqlPoller, SqlPollResult, SqlSourceError, poll_sql
     from toolkit.state import State, StateConflict
+    from toolkit.workbench import Workbench
     from toolkit.xmlexport import XsdError, XsdViolation, validate_xml
 
 __version__ = "0.1.0"
@@ -93,6 +95,7 @@ _LAZY: dict[str, str] = {
     "send_email": "toolkit.mail",
     "upsert": "toolkit.sinks",
     "validate_xml": "toolkit.xmlexport",
+    "Workbench": "toolkit.workbench",
 }
 
 __all__ = [
@@ -135,6 +138,7 @@ __all__ = [
     "StateConflict",
     "UpsertError",
     "UpsertResult",
+    "Workbench",
     "XsdError",
     "XsdViolation",
     "context",
@@ -153,6 +157,7 @@ __all__ = [
     "state",
     "upsert",
     "validate_xml",
+    "workbench",
 ]
 
 

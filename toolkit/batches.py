@@ -187,7 +187,7 @@ def _utc(moments: pd.Series) -> pd.Series:
 
 def _dict_chunk(batch: list[Any], offset: int) -> Chunk:
     for i, row in enumerate(batch):
-        if not isinstance(row, Mapping):
+        if type(row) is not dict and not isinstance(row, Mapping):  # an ABC check is slow
             raise UpsertError(
                 f"rows: row {offset + i} is a {type(row).__name__}, not a dict; "
                 "pass a DataFrame or dicts of column -> value"

@@ -27,7 +27,10 @@ __all__ = ["main", "project_settings"]
 # Commands defined beside the module they drive (each module exposes ``command``), loaded only
 # when asked for so that ``nbcron run`` does not import a web server.
 _LAZY_COMMANDS = {
+    "migrate": "toolkit.migrate",
+    "new": "toolkit.scaffold",
     "prune": "toolkit.retention",
+    "publish": "toolkit.publish",
     "report": "toolkit.reports",
     "ui": "toolkit.ui",
 }
@@ -313,7 +316,12 @@ def tick(ctx: click.Context, at: str | None, max_parallel: int | None) -> None:
 
 
 @cli.command()
-@click.option("--max-parallel", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option(
+    "--max-parallel",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Runs at once (default: 2 locally; on Dask, as many as the cluster takes).",
+)
 @click.option(
     "--grace",
     type=float,
@@ -321,15 +329,41 @@ def tick(ctx: click.Context, at: str | None, max_parallel: int | None) -> None:
     show_default=True,
     help="Seconds running runs may finish after SIGTERM/SIGINT before they are interrupted.",
 )
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "dask"]),
+    default=None,
+    help="Where runs execute: local processes, or a Dask cluster (default: the `executor` "
+    "setting, else local).",
+)
+@click.option(
+    "--scheduler-address",
+    metavar="tcp://HOST:PORT",
+    default=None,
+    help="The Dask scheduler for --executor dask (default: the `scheduler_address` setting).",
+)
 @click.pass_context
-def serve(ctx: click.Context, max_parallel: int, grace: float) -> None:
+def serve(
+    ctx: click.Context,
+    max_parallel: int | None,
+    grace: float,
+    executor: str | None,
+    scheduler_address: str | None,
+) -> None:
     """The scheduler daemon; SIGTERM/SIGINT stop it cleanly."""
     from toolkit.daemon import Daemon
+    from toolkit.executors import make_executor
 
     settings = project_settings(ctx)
     if not ctx.find_root().params.get("verbose"):
         logging.getLogger("nbcron").setLevel(logging.INFO)
-    ctx.exit(Daemon(settings, max_parallel=max_parallel, grace=grace).run())
+    runs_on = make_executor(settings, executor, scheduler_address)
+    if max_parallel is None:
+        # Locally each run takes a process here; on Dask the cluster's worker threads decide
+        # how many run at once, and runs waiting for one queue there, not in this process.
+        max_parallel = 2 if runs_on.name == "local" else 10_000
+    daemon = Daemon(settings, max_parallel=max_parallel, grace=grace, executor=runs_on)
+    ctx.exit(daemon.run())
 
 
 @cli.command()

@@ -82,6 +82,9 @@ def _to_float(v: Any) -> Any:
         return v if v == v else None
     if v is None:
         return None
+    if type(v) is Decimal:  # money read from files: as common as floats
+        f = float(v)
+        return f if f == f else None
     v = native(v)
     if isinstance(v, (int, float, Decimal)):
         f = float(v)

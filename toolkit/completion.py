@@ -33,6 +33,8 @@ _UNSAFE = re.compile(r"[\x00-\x1f\x7f\\]")
 
 def safe_name(name: str) -> str:
     """Return ``name`` with every path segment made harmless (``..``, empty, control chars)."""
+    if "/" not in name and name not in ("", ".", "..") and not _UNSAFE.search(name):
+        return name  # the usual case, asked once a file: nothing to change
     parts = []
     for part in name.split("/"):
         part = _UNSAFE.sub("_", part)
@@ -55,6 +57,7 @@ class Completer:
     ) -> None:
         self.src = source
         self.fs: Any = source.fs
+        self.local = source.local  # asked once: it is asked again for every file
         self.mode = mode
         self.archive = self._folder(archive, ".archive")
         self.quarantine_folder = self._folder(quarantine, ".quarantine")
@@ -77,17 +80,17 @@ class Completer:
             return str(path).rstrip("/")
         if given.startswith("/"):
             return posixpath.normpath(given)
-        if self.src.local:
+        if self.local:
             return os.path.abspath(given)
         return posixpath.normpath(self.src.join(given))
 
     # --- filesystem helpers --------------------------------------------------------------
 
     def _exists(self, path: str) -> bool:
-        return os.path.lexists(path) if self.src.local else bool(self.fs.exists(path))
+        return os.path.lexists(path) if self.local else bool(self.fs.exists(path))
 
     def _move(self, path: str, dest: str) -> None:
-        if self.src.local:
+        if self.local:
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             os.replace(path, dest)
             return
@@ -108,7 +111,7 @@ class Completer:
 
     def _remove(self, path: str) -> None:
         try:
-            if self.src.local:
+            if self.local:
                 os.remove(path)
             else:
                 self.fs.rm_file(path)
@@ -116,7 +119,7 @@ class Completer:
             return  # gone already: a crash after the delete, or another run finished it
 
     def _write(self, path: str, data: bytes) -> None:
-        if self.src.local:
+        if self.local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = f"{path}.{os.getpid()}.tmp"
             with open(tmp, "wb") as fh:
@@ -132,7 +135,7 @@ class Completer:
         """Return True when deletes go out side by side (remote async filesystems)."""
         from fsspec.asyn import AsyncFileSystem
 
-        return self.mode == "delete" and not self.src.local and isinstance(self.fs, AsyncFileSystem)
+        return self.mode == "delete" and not self.local and isinstance(self.fs, AsyncFileSystem)
 
     def delete_many(self, names: list[str]) -> dict[str, BaseException]:
         """Return the errors by name after deleting ``names`` (and done-files) concurrently.

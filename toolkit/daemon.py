@@ -1,8 +1,12 @@
 """``nbcron serve``: the scheduler daemon.
 
 It sleeps until the next fire or retry is due (no polling loop; it also wakes once a minute to
-notice a wall clock that jumped), starts due runs in worker processes, and picks up added,
-changed and removed schedule files as they happen (inotify through watchfiles). On SIGTERM or
+notice a wall clock that jumped), starts due runs through its executor (local worker processes,
+or a Dask cluster: `toolkit.executors`), and picks up added, changed and removed schedule files
+as they happen (inotify through watchfiles). Every ``RECOVER_EVERY`` it looks for runs whose
+runner died (on any host sharing the database, a Dask worker that was killed) and closes them
+``interrupted``, then runs them again per ``catchup:``; so when one of several ``serve``
+processes dies, another takes over its lost runs. On SIGTERM or
 SIGINT it stops starting runs, lets running ones finish for ``grace`` seconds, then interrupts
 them; their records end ``interrupted`` and are saved.
 
@@ -24,6 +28,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from types import FrameType
 
+from toolkit.executors import Executor
 from toolkit.records import RunIndex, now_utc
 from toolkit.scheduler import Dispatcher, Planned, Scheduler
 from toolkit.settings import Settings
@@ -42,6 +47,10 @@ PRESTART = 2.0
 KERNEL_START = 1.0
 PRUNE_EVERY = 24 * 3600.0
 OVERDUE_EVERY = 60.0
+# How often runs of dead runners (another serve, a lost Dask worker) are looked for.
+RECOVER_EVERY = 15.0
+# After interrupting runs on stop, how long to wait for them to report back.
+INTERRUPT_WAIT = 300.0
 
 
 class Daemon:
@@ -53,12 +62,13 @@ class Daemon:
         max_parallel: int = 2,
         grace: float = 30.0,
         clock: Callable[[], datetime] = now_utc,
+        executor: Executor | None = None,
     ) -> None:
         self.settings = settings
         self.grace = grace
         self.clock = clock
         self.scheduler = Scheduler(settings, RunIndex(settings.database), clock=clock)
-        self.dispatcher = Dispatcher(self.scheduler, max_parallel=max_parallel)
+        self.dispatcher = Dispatcher(self.scheduler, max_parallel=max_parallel, executor=executor)
         self._stopping = False
         self._reload = False
         self._wake_r, self._wake_w = os.pipe()
@@ -90,6 +100,7 @@ class Daemon:
     def _housekeep(self) -> None:
         """Prune at start and then daily; look for overdue schedules every minute."""
         from toolkit.notify import check_overdue
+        from toolkit.publish import publish_pending
         from toolkit.retention import prune
 
         next_prune = time.monotonic()
@@ -107,6 +118,10 @@ class Daemon:
                 check_overdue(schedules, self.settings, self.clock())
             except Exception:
                 log.exception("the overdue check failed; trying again in a minute")
+            try:
+                publish_pending(self.settings)  # records a bucket outage kept back, if any
+            except Exception:
+                log.exception("publishing to runs_url failed; trying again in a minute")
             self._watch_stop.wait(OVERDUE_EVERY)
 
     def _drain_wakeups(self) -> None:
@@ -124,15 +139,22 @@ class Daemon:
         scheduler, dispatcher = self.scheduler, self.dispatcher
         scheduler.load()
         threading.Thread(target=self._housekeep, name="housekeeping", daemon=True).start()
-        log.info("serving %d schedules from %s", len(scheduler.schedules), self.settings.project)
-        for planned in scheduler.recover(self.clock()):
-            dispatcher.submit(planned)
+        log.info(
+            "serving %d schedules from %s (executor: %s)",
+            len(scheduler.schedules),
+            self.settings.project,
+            dispatcher.runs_on.name,
+        )
+        next_recover = time.monotonic()
         try:
             while not self._stopping:
                 if self._reload:
                     self._reload = False
                     scheduler.load()
                     log.info("schedules reloaded: %s", ", ".join(sorted(scheduler.schedules)))
+                if time.monotonic() >= next_recover:
+                    next_recover = time.monotonic() + RECOVER_EVERY
+                    self._recover()
                 self._step(self.clock())
                 dispatcher.reap()
                 targets = [t for t in (scheduler.next_wake(self.clock()),) if t is not None]
@@ -145,6 +167,7 @@ class Daemon:
                     )
                 if dispatcher.pending:
                     timeout = min(timeout, 1.0)  # queued behind a run of another process
+                timeout = min(timeout, max(next_recover - time.monotonic(), 0.0))
                 dispatcher.wait(timeout, extra=[self._wake_r])
                 self._drain_wakeups()
                 dispatcher.reap()
@@ -152,6 +175,14 @@ class Daemon:
             self._watch_stop.set()
             self._shutdown()
         return 0
+
+    def _recover(self) -> None:
+        """Close runs whose runner died and submit the re-runs their catch-up policy asks for."""
+        try:
+            for planned in self.scheduler.recover(self.clock()):
+                self.dispatcher.submit(planned)
+        except Exception:  # the database may be briefly away; the next round tries again
+            log.exception("looking for runs of dead runners failed; trying again shortly")
 
     def _lead(self, fire: datetime) -> float:
         """Return how many seconds before ``fire`` its runs should be started."""
@@ -195,8 +226,18 @@ class Daemon:
                 self.grace,
             )
             dispatcher.interrupt()
-            while dispatcher.running:
+            # Local runs always end; runs on a cluster that went away might never report back.
+            give_up = time.monotonic() + INTERRUPT_WAIT
+            while dispatcher.running and time.monotonic() < give_up:
                 dispatcher.wait(5.0)
                 dispatcher.reap()
+            if dispatcher.running:
+                log.warning(
+                    "%d interrupted runs did not report back within %gs: %s",
+                    len(dispatcher.running),
+                    INTERRUPT_WAIT,
+                    ", ".join(h.job.run_id for h in dispatcher.running),
+                )
+        dispatcher.runs_on.close()
         os.close(self._wake_r)
         os.close(self._wake_w)

@@ -8,7 +8,9 @@ these tables must survive. The app's own databases (upsert targets) are left as 
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +43,24 @@ def _create(url: str) -> sa.Engine:
         @sa.event.listens_for(created, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA busy_timeout=60000")
+            _wal(cur)
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
 
     return created
+
+
+def _wal(cur: Any, patience: float = 60.0) -> None:
+    """Switch a new SQLite file to WAL. Two processes opening a new file at once can find it
+    locked while the other one switches it, and SQLite answers that at once, busy timeout or
+    not; it is asked again until the other one is done (then the file is WAL already)."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)

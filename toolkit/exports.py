@@ -91,9 +91,13 @@ class ExportResult:
         )
 
     def _repr_html_(self) -> str:
-        from html import escape
+        """Return where the file went, its rows, size and hash as an escaped HTML table."""
+        from toolkit.htmlrepr import fields_html
 
-        return f"<p><code>{escape(str(self))}</code></p>"
+        shown: dict[str, object] = {"path": self.path, "status": self.status, "format": self.format}
+        shown |= {"rows": self.rows, "bytes": self.bytes, "sha256": self.sha256}
+        shown |= {f"sheet {name}": rows for name, rows in self.sheets.items()}
+        return fields_html(self.name, shown)
 
 
 def _sheets(data: Data, fmt: Format) -> dict[str, Iterable[pd.DataFrame]]:

@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from itertools import chain
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -66,6 +67,7 @@ _COLUMNS = (
     "destination, updated_at"
 )
 
+_MARK_CHUNK = 240  # keys per UPDATE: 4 parameters each stay under SQLite's oldest limit (999)
 _created: set[str] = set()
 _lock = threading.Lock()
 
@@ -274,31 +276,20 @@ class Ledger:
     def _insert_new(self, conn: sa.Connection, keys: list[FileKey], common: dict[str, Any]) -> int:
         """Return how many of ``keys`` were inserted as claimed by this run; rows another run
         inserted are left alone (-1: unknown)."""
-        rows = [
-            {
-                "source": self.source,
-                "name": k[0],
-                "size": k[1],
-                "stamp": k[2],
-                "state": "claimed",
-                "attempts": 0,
-                "rev": 0,
-                "version": LEDGER_VERSION,
-                **common,
-            }
-            for k in keys
-        ]
+        fixed = {"state": "claimed", "attempts": 0, "rev": 0, "version": LEDGER_VERSION, **common}
         if self.engine.dialect.name not in ("sqlite", "postgresql"):
-            for row in rows:  # no portable "insert unless present": one by one
+            for k in keys:  # no portable "insert unless present": one by one
+                row = {"source": self.source, "name": k[0], "size": k[1], "stamp": k[2], **fixed}
                 with contextlib.suppress(sa.exc.IntegrityError), conn.begin_nested():
                     conn.execute(files.insert(), row)
             return -1
-        columns = list(rows[0])
+        columns = ["source", "name", "size", "stamp", *fixed]
         sql = (
             f"INSERT INTO nbcron_files ({', '.join(columns)}) VALUES "
             f"({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING"
         )
-        result = conn.exec_driver_sql(self._sql(sql), [tuple(r[c] for c in columns) for r in rows])
+        tail = tuple(fixed.values())
+        result = conn.exec_driver_sql(self._sql(sql), [(self.source, *k, *tail) for k in keys])
         return result.rowcount
 
     def _sql(self, text: str) -> str:
@@ -371,23 +362,43 @@ class Ledger:
             sets.append("attempts = attempts + 1")
         if destinations is not None:
             sets.append("destination = ?")
-        sql = (
-            f"UPDATE nbcron_files SET {', '.join(sets)} "
-            "WHERE source = ? AND name = ? AND size = ? AND stamp = ? AND claim = ?"
-        )
-        params = [
-            (
-                *common,
-                *((destinations.get(k),) if destinations is not None else ()),
-                self.source,
-                *k,
-                self.token,
-            )
-            for k in keys
-        ]
+        update = f"UPDATE nbcron_files SET {', '.join(sets)} WHERE source = ? AND claim = ? AND "
+        if self.engine.dialect.name not in ("sqlite", "postgresql"):
+            sql = update + "name = ? AND size = ? AND stamp = ?"
+            params = [
+                (
+                    *common,
+                    *((destinations.get(k),) if destinations is not None else ()),
+                    self.source,
+                    self.token,
+                    *k,
+                )
+                for k in keys
+            ]
+            with self.engine.begin() as conn:
+                return max(conn.exec_driver_sql(self._sql(sql), params).rowcount, 0)
+        # One statement per destination and chunk instead of one per file. The names lead the
+        # primary key lookup (a row value list alone makes SQLite scan the source's entries);
+        # the row values then hold each match to its exact (name, size, stamp).
+        by_destination: dict[str | None, list[FileKey]] = {}
+        dests = [None] * len(keys) if destinations is None else list(map(destinations.get, keys))
+        if len(set(dests)) == 1:  # delete and keep: no destinations at all
+            by_destination[dests[0]] = keys
+        else:
+            for k, dest in zip(keys, dests, strict=True):
+                by_destination.setdefault(dest, []).append(k)
+        done = 0
         with self.engine.begin() as conn:
-            result = conn.exec_driver_sql(self._sql(sql), params)
-        done = max(result.rowcount, 0)
+            for dest, group in by_destination.items():
+                head = (*common, *((dest,) if destinations is not None else ()))
+                for i in range(0, len(group), _MARK_CHUNK):
+                    part = group[i : i + _MARK_CHUNK]
+                    sql = update + "name IN (" + ", ".join("?" * len(part)) + ") AND "
+                    sql += "(name, size, stamp) IN (VALUES "
+                    sql += ", ".join(["(?, ?, ?)"] * len(part)) + ")"
+                    names = [k[0] for k in part]
+                    values = (*head, self.source, self.token, *names, *chain.from_iterable(part))
+                    done += max(conn.exec_driver_sql(self._sql(sql), values).rowcount, 0)
         return done
 
     def release(self) -> None:

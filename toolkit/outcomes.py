@@ -74,3 +74,17 @@ class ImportResult:
     def summary(self) -> pd.DataFrame:
         """Return the counts as a two-column table (outcome, files)."""
         return pd.DataFrame(sorted(self.counts().items()), columns=["outcome", "files"])
+
+    def _repr_html_(self) -> str:
+        """Return the counts and the per-file table as escaped HTML (Jupyter's rich display)."""
+        from toolkit.htmlrepr import fields_html, frame_html, plan_display
+
+        title = "import (dry run)" if self.dry_run else "import"
+        html = fields_html(title, sorted(self.counts().items()) or [("files", 0)])
+        if self.capped:
+            html += f"<p>{self.capped:,} ready file(s) left for the next run by limit</p>"
+        html += frame_html(self.table().dropna(axis=1, how="all"), css="nbcron-import-files")
+        plan = self.plan()
+        if self.dry_run and len(plan):
+            html += frame_html(plan_display(plan), css="nbcron-plan-table")
+        return html

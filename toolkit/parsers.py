@@ -110,8 +110,11 @@ def available() -> list[str]:
 
 def parser_for(format: str) -> Parser:
     """Return the parser for ``format``, importing it on first use."""
+    found: Parser | str | None = _registry.get(format)
+    if found is not None and not isinstance(found, str):
+        return found  # the usual case, once a file: loaded and spelled as registered
     key = format.lower()
-    found: Parser | str | None = _registry.get(key)
+    found = _registry.get(key)
     if found is None:
         for ep in entry_points(group=ENTRY_POINT_GROUP, name=key):
             found = ep.value
@@ -155,7 +158,14 @@ def parse(
     ``record="Line"`` and ``lists={"Line"}`` for XML, ``delimiter=";"`` for CSV, ``sheet=`` for
     Excel. To stream a large file, use `iter_records`.
     """
-    records = list(iter_records(file_or_path, format, **options))
+    # the same as list(iter_records(...)) with one generator fewer: this runs once a file
+    name = _name_of(file_or_path)
+    parser = parser_for(format or format_of(name))
+    if _is_stream(file_or_path):
+        records = list(parser(file_or_path, name=name, **options))
+    else:
+        with _open(file_or_path) as stream:
+            records = list(parser(stream, name=name, **options))
     return pd.DataFrame.from_records(records) if frame else records
 
 
@@ -165,11 +175,16 @@ def iter_records(
     """Return an iterator over the records of a file, reading it as it goes."""
     name = _name_of(file_or_path)
     parser = parser_for(format or format_of(name))
-    if hasattr(file_or_path, "read") and not callable(getattr(file_or_path, "open", None)):
+    if _is_stream(file_or_path):
         yield from parser(file_or_path, name=name, **options)
         return
     with _open(file_or_path) as stream:
         yield from parser(stream, name=name, **options)
+
+
+def _is_stream(obj: Any) -> bool:
+    # an open file, not something that opens one (a ReadyFile has both read and open)
+    return hasattr(obj, "read") and not callable(getattr(obj, "open", None))
 
 
 def _name_of(obj: Any) -> str:

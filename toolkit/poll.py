@@ -34,6 +34,7 @@ from toolkit.context import add_metric, context, mark_partial
 from toolkit.cursor import Checkpoint, CursorValue, format_cursor, parse_cursor
 from toolkit.pages import Pages, PollError
 from toolkit.pagination import Anchored, Next, Offset, Page, PageNumber, Paginator, paginator
+from toolkit.progress import progress
 from toolkit.state import State, state
 
 if TYPE_CHECKING:  # httpx and SQLAlchemy load on the first poll, not with `import toolkit`
@@ -64,6 +65,16 @@ class PollResult:
     updated: int = 0
     unchanged: int = 0
     skipped_stale: int = 0
+
+    def _repr_html_(self) -> str:
+        """Return the poll's counts and cursor as an escaped HTML table (Jupyter's display)."""
+        from dataclasses import asdict
+
+        from toolkit.htmlrepr import fields_html
+
+        title = "poll (dry run)" if self.dry_run else "poll"
+        shown = {k: v for k, v in asdict(self).items() if k != "dry_run" and v is not None}
+        return fields_html(title, shown)
 
 
 class Poller:
@@ -168,7 +179,7 @@ class Poller:
             timeout=self.timeout,
         )
         try:
-            for page in fetched:
+            for page in progress(fetched, desc=f"pages of {self.url}"):
                 pages += 1
                 taken, skipped, beyond = self._take(page.records, saved, ceiling)
                 duplicates += skipped
@@ -317,23 +328,11 @@ def poll(
         return poller.run(sink, target=target)
     if target is None or table is None:
         raise ValueError("poll() needs `target` and `table` to upsert into, or a `sink` function")
-    from toolkit.sinks import COUNTS, upsert_page
+    from toolkit.sinks import counting_sink
 
-    counts = dict.fromkeys(COUNTS, 0)
-
-    def to_target(records: list[Record]) -> None:
-        done = upsert_page(
-            records,
-            target,
-            table=table,
-            key=key,
-            version=version,
-            transform=transform,
-            dry_run=poller.dry_run,
-        )
-        for name in counts:
-            counts[name] += getattr(done, name)
-
+    to_target, counts = counting_sink(
+        target, table=table, key=key, version=version, transform=transform, dry_run=poller.dry_run
+    )
     result = poller.run(to_target, target=target)
     return replace(
         result,

@@ -39,6 +39,7 @@ __all__ = [
     "RunRecord",
     "Status",
     "atomic_write_text",
+    "host_name",
     "iso",
     "now_utc",
     "rebuild_index",
@@ -83,7 +84,7 @@ class RunRecord:
     parameters: dict[str, Any] = field(default_factory=dict)
     error: dict[str, Any] | None = None
     metrics: dict[str, float] = field(default_factory=dict)
-    host: str = field(default_factory=socket.gethostname)
+    host: str = field(default_factory=lambda: host_name())
     versions: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,6 +98,15 @@ class RunRecord:
     def from_dict(cls, data: dict[str, Any]) -> RunRecord:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def host_name() -> str:
+    """Return this machine's name in records: ``NBCRON_HOST`` if set, else the hostname.
+
+    Set ``NBCRON_HOST`` where hostnames say nothing (containers); it must be unique per machine,
+    as the scheduler trusts a run's process id only on the machine of that name.
+    """
+    return os.environ.get("NBCRON_HOST") or socket.gethostname()
 
 
 def versions() -> dict[str, str]:
@@ -306,6 +316,22 @@ class RunIndex:
             ).rowcount
             if not updated:
                 conn.execute(runs_table.insert().values(**row))
+
+    def beat(self, record: RunRecord, runner: str) -> bool:
+        """Save a running run's row and heartbeat; return False if ``runner`` no longer owns it.
+
+        Another scheduler that found the heartbeat older than its lease has closed the run
+        (``interrupted``, no runner): the row is left as that scheduler wrote it.
+        """
+        row = self._row(record, runner)
+        t = runs_table
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                t.update()
+                .where(t.c.run_id == record.run_id, t.c.runner == runner, t.c.status == "running")
+                .values(**row)
+            ).rowcount
+        return bool(updated)
 
     def get(self, run_id: str) -> RunRecord:
         with self.engine.connect() as conn:

@@ -31,7 +31,7 @@ import sqlalchemy as sa
 
 from toolkit import database
 from toolkit.errors import NbcronError, RunNotFoundError
-from toolkit.records import RunIndex, RunRecord, atomic_write_text
+from toolkit.records import RunIndex, RunRecord, atomic_write_text, host_name
 from toolkit.settings import Settings
 
 __all__ = [
@@ -75,10 +75,17 @@ def render_report(settings: Settings, record: RunRecord, *, force: bool = False)
 
     The report is fresh when its mtime is not older than the notebook's: after a render its mtime
     is set to the notebook's mtime as read *before* rendering, so a notebook saved meanwhile (a
-    run still going) makes the next call render again.
+    run still going) makes the next call render again. With ``runs_url`` set, the render of a
+    finished run is also published there, and another machine's run is read from there
+    (toolkit.publish).
     """
     notebook = Path(record.output)
-    target = report_path(record)
+    if settings.runs_url and record.host != host_name():
+        # Another machine's run: its published copy, kept in this runs folder.
+        from toolkit.publish import fetch
+
+        notebook = fetch(settings, record) or notebook
+    target = notebook.with_suffix(".html")
     try:
         source_mtime = notebook.stat().st_mtime_ns
     except FileNotFoundError:
@@ -91,6 +98,10 @@ def render_report(settings: Settings, record: RunRecord, *, force: bool = False)
     text = _render(settings, record, notebook)
     atomic_write_text(target, text, fsync=False)
     os.utime(target, ns=(source_mtime, source_mtime))
+    if settings.runs_url and record.status != "running":
+        from toolkit.publish import publish
+
+        publish(settings, target)  # never raises: a failed copy is remembered and retried
     return target
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import click
 import sqlalchemy as sa
 
+from toolkit.publish import unpublish
 from toolkit.records import RunIndex, iso, now_utc, record_path, runs_table
 from toolkit.schedules import Retention, Schedule, load_schedules
 from toolkit.settings import Settings
@@ -173,6 +174,7 @@ def _remove_files(
                     f"{path}: cannot be removed ({exc.strerror}); run {row.run_id} kept"
                 )
                 return None
+            unpublish(settings, path)  # and its copy at runs_url, if there is one
         files.append(str(path))
     days.add(notebook.parent)
     return Pruned(row.run_id, row.status, row.started_at, tuple(files))

@@ -21,7 +21,6 @@ import logging
 import os
 import secrets as _random
 import signal
-import socket
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +35,7 @@ from toolkit.records import (
     RunIndex,
     RunRecord,
     atomic_write_text,
+    host_name,
     iso,
     now_utc,
     record_path,
@@ -46,7 +46,13 @@ from toolkit.schedules import Schedule, check_parameters, resolve_secrets
 from toolkit.scrub import Scrubber
 from toolkit.settings import Settings
 
-__all__ = ["install_signal_handlers", "interrupt_all", "make_run_id", "run_schedule"]
+__all__ = [
+    "install_signal_handlers",
+    "interrupt_all",
+    "make_run_id",
+    "publish_run",
+    "run_schedule",
+]
 
 log = logging.getLogger("nbcron")
 
@@ -55,6 +61,16 @@ _active_lock = threading.Lock()
 # Set by a stop request; a run that has not reached its kernel yet sees it and stops too.
 _stop_requested: str | None = None
 BANNER_TAG = "nbcron-banner"
+# How often a running run writes its heartbeat (and its record) to the index. A scheduler takes
+# over a run on another machine whose heartbeat is older than its lease (scheduler.LEASE), so
+# this must stay well below it.
+HEARTBEAT_EVERY = 10.0
+LEASE_LOST = (
+    "another scheduler took this run over (its heartbeat was older than the lease) and marked it "
+    "interrupted; stopped here so that only the run started in its place goes on"
+)
+# With ``runs_url``, a running record is published at its first save, then at most this often.
+PUBLISH_EVERY = 30.0
 
 
 def make_run_id(
@@ -159,14 +175,26 @@ def run_schedule(
     nb: Any = None
     try:
         nb = _prepare(schedule, parameters, settings)
+        if settings.runs_url:
+            # The report is rendered and published when the run ends: build the exporter (a
+            # second or two, once per process) while the kernel starts, not after the run.
+            # IPython is imported here first: both threads need it (nbconvert, and the kernel
+            # start below), and Python 3.11 can fail one of two threads importing a package at
+            # once (seen: the run failed with KeyError 'IPython').
+            import IPython  # noqa: F401
+
+            threading.Thread(target=_warm_up_reports, name="report-warm-up", daemon=True).start()
         env = _kernel_env(
             schedule, settings, record, runtime, secret_values, scheduled_for, dry_run
         )
         env[TOKEN_VARIABLE] = token
         kernel_name = settings.kernel_name or _kernel_name(nb)
+        throttle = _publish_throttle(settings)
 
         def write(current: Any, running_cell: int | None) -> None:
             _write_record(output, current, record, scrubber, running_cell)
+            if throttle is not None and throttle.due():
+                _publish_progress(settings, output)
 
         def started_now() -> None:
             # Only in memory: the first cell must not wait on the index (20 pre-started runs
@@ -174,6 +202,12 @@ def run_schedule(
             nonlocal started
             started = now_utc()
             record.started_at = iso(started) or record.started_at
+
+        def heartbeat() -> None:
+            if not index.beat(record, runner) and execution is not None:
+                # Another scheduler found this run's heartbeat too old and closed it: stop, so
+                # the run it starts in its place is the only one.
+                execution.interrupt("interrupted", LEASE_LOST)
 
         pristine = copy.deepcopy(nb)
         for attempt_start_timeout in (start_timeout, min(start_timeout, 30.0)):
@@ -189,7 +223,8 @@ def run_schedule(
                 write=write,
                 timeout=schedule.timeout,
                 start_timeout=attempt_start_timeout,
-                heartbeat=lambda: index.save(record, runner=runner),
+                heartbeat=heartbeat,
+                heartbeat_every=HEARTBEAT_EVERY,
                 not_before=not_before,
                 on_start=started_now if not_before is not None else None,
             )
@@ -233,6 +268,7 @@ def run_schedule(
         _write_record(output, nb, record, scrubber, None, final=True)
         index.save(record, runner=None)
         log.info("%s %s in %.1fs -> %s", run_id, record.status, record.duration_s, output)
+        publish_run(settings, record)
         if schedule.notify is not None:
             from toolkit.notify import notify_run  # only schedules that notify import httpx
 
@@ -367,7 +403,7 @@ def banner_cell(record: RunRecord, running_cell: int | None, with_id: bool = Tru
     head = {
         "running": f"**nbcron: this run is in progress** (cell {_shown_running(running_cell)} "
         f"running). If this notebook still says so long after {record.started_at}, its runner "
-        f"(pid {os.getpid()} on {socket.gethostname()}) died; the scheduler marks such runs "
+        f"(pid {os.getpid()} on {host_name()}) died; the scheduler marks such runs "
         "`interrupted`.",
         "failed": f"**nbcron: this run failed**{where}: {what}",
         "timed_out": f"**nbcron: this run timed out**{where}: {err.get('evalue', '')}. The kernel "
@@ -456,11 +492,21 @@ def record_without_running(
         nb = _placeholder_notebook(schedule)
     _write_record(output, nb, record, Scrubber({}), None, final=True)
     log.info("%s skipped: %s", run_id, reason)
+    publish_run(settings, record)
     return record
 
 
-def close_dead_run(record: RunRecord, index: RunIndex, reason: str, ended: datetime) -> RunRecord:
-    """Mark a run whose runner died ``interrupted``, in the index and in its saved notebook."""
+def close_dead_run(
+    record: RunRecord,
+    index: RunIndex,
+    reason: str,
+    ended: datetime,
+    settings: Settings | None = None,
+) -> RunRecord:
+    """Mark a run whose runner died ``interrupted``, in the index and in its saved notebook.
+
+    With ``settings`` the closed record (and its report) also goes to ``runs_url``.
+    """
     import nbformat
 
     record.status = "interrupted"
@@ -488,4 +534,50 @@ def close_dead_run(record: RunRecord, index: RunIndex, reason: str, ended: datet
         nb = nbformat.v4.new_notebook()
     _write_record(path, nb, record, Scrubber({}), None, final=True)
     index.save(record, runner=None)
+    if settings is not None:
+        publish_run(settings, record)
     return record
+
+
+def _warm_up_reports() -> None:
+    from toolkit.reports import warm_up
+
+    try:
+        warm_up()
+    except Exception:  # the final render builds it again and reports what is wrong
+        log.debug("warming up the report exporter failed", exc_info=True)
+
+
+def _publish_throttle(settings: Settings) -> Any:
+    """Return the throttle of mid-run publishes, or None when nothing is published."""
+    if not settings.runs_url:
+        return None
+    from toolkit.publish import Throttle
+
+    return Throttle(PUBLISH_EVERY)
+
+
+def _publish_progress(settings: Settings, output: Path) -> None:
+    """Copy a mid-run save to ``runs_url``; a failure waits for the final save."""
+    from toolkit.publish import publish
+
+    publish(settings, output, remember=False)
+
+
+def publish_run(settings: Settings, record: RunRecord) -> None:
+    """Copy a run's final record and its HTML report to ``runs_url`` (when set); never raise.
+
+    Then retry a few earlier copies that failed, so a store that was down catches up with the
+    next run that ends.
+    """
+    if not settings.runs_url:
+        return
+    from toolkit.publish import publish, publish_pending
+    from toolkit.reports import render_report
+
+    try:
+        publish(settings, Path(record.output))
+        render_report(settings, record, force=True)  # publishes the report it renders
+        publish_pending(settings)
+    except Exception:  # the record is saved; its copy is retried with the next run
+        log.warning("publishing run %s to runs_url failed", record.run_id, exc_info=True)

@@ -20,31 +20,47 @@ Rules (the README repeats them):
   schedule has fired again meanwhile is dropped: the newer run does the work.
 * A run left ``running`` by a runner that died (its pid is gone on this host, or its heartbeat is
   older than ``LEASE``) is marked ``interrupted``, its processes are killed, and, unless
-  ``catchup: none``, it is run again (trigger ``catchup``, next attempt).
+  ``catchup: none``, it is run again (trigger ``catchup``, next attempt). ``serve`` looks for
+  such runs at start and every ``RECOVER_EVERY`` (toolkit.daemon), so a run lost with another
+  ``serve`` or a Dask worker is taken over by the schedulers that remain.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import socket
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from multiprocessing.connection import wait as wait_for
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from toolkit.errors import ConfigError
 from toolkit.firetimes import fires_between, iter_fires, next_fire
 from toolkit.kernels import kill_run_processes
-from toolkit.records import RunIndex, RunRecord, ensure_schema, iso, now_utc, runner_alive
+from toolkit.records import (
+    RunIndex,
+    RunRecord,
+    ensure_schema,
+    host_name,
+    iso,
+    now_utc,
+    runner_alive,
+    runs_table,
+)
 from toolkit.runner import close_dead_run, make_run_id, record_without_running
 from toolkit.schedules import Schedule, load_schedule
 from toolkit.settings import Settings
-from toolkit.workers import Job, Worker
+from toolkit.workers import Job
+
+if TYPE_CHECKING:
+    from toolkit.executors import Executor, RunHandle
 
 __all__ = ["CATCHUP_CAP", "Dispatcher", "Scheduler", "tick"]
 
@@ -52,7 +68,9 @@ log = logging.getLogger("nbcron")
 
 MISFIRE_GRACE = timedelta(seconds=60)
 CATCHUP_CAP = 100
-LEASE = timedelta(seconds=120)
+# A run on another host is dead when its heartbeat (every 10 s) is older than this; with the
+# daemon looking every 15 s, a dead host's runs are taken over within a minute.
+LEASE = timedelta(seconds=45)
 _EPSILON = timedelta(microseconds=1)
 
 _metadata = sa.MetaData()
@@ -73,6 +91,20 @@ retries_table = sa.Table(
     sa.Column("attempt", sa.Integer, nullable=False),
     sa.Column("due_at", sa.String(40), nullable=False),
 )
+# Every run a scheduler decides to start, until its record exists: if that scheduler dies before
+# starting it (queued behind --max-parallel, or in the instant before the hand-off), another one
+# finds the row older than LEASE without a record and starts the run itself (same run id).
+planned_table = sa.Table(
+    "nbcron_planned",
+    _metadata,
+    sa.Column("run_id", sa.String(255), primary_key=True),
+    sa.Column("schedule", sa.String(200), nullable=False),
+    sa.Column("scheduled_for", sa.String(40), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("planned_at", sa.String(40), nullable=False, index=True),
+)
+# A planned run older than this that never started is given up (logged), not started any more.
+PLANNED_HORIZON = timedelta(days=1)
 
 
 def last_fire(expr: str, tz: Any, at: datetime, after: datetime) -> datetime | None:
@@ -207,8 +239,39 @@ class Scheduler:
                 if until >= at or not schedule.enabled:
                     continue
                 planned.extend(self._due(schedule, until, at))
-        planned.extend(self._due_retries(at, planned))
-        return planned
+            self._remember(conn, planned)  # with the advance: a fire is never planned unnoted
+        retries = self._due_retries(at, planned)
+        if retries:
+            with self.index.engine.begin() as conn:
+                self._remember(conn, retries)
+        return planned + retries
+
+    def _remember(self, conn: sa.Connection, planned: list[Planned]) -> None:
+        """Note each planned run in ``nbcron_planned`` (a row already there stays)."""
+        if not planned:
+            return
+        stamp = iso(self.clock())
+        rows = [
+            {
+                "run_id": p.job.run_id,
+                "schedule": p.job.schedule,
+                "scheduled_for": iso(p.job.scheduled_for),
+                "attempt": p.job.attempt,
+                "planned_at": stamp,
+            }
+            for p in planned
+            if p.job.scheduled_for is not None
+        ]
+        dialect = self.index.engine.dialect.name
+        if dialect in ("sqlite", "postgresql"):
+            insert: Any = (
+                sqlite_insert(planned_table) if dialect == "sqlite" else pg_insert(planned_table)
+            )
+            conn.execute(insert.on_conflict_do_nothing(), rows)
+            return
+        for row in rows:
+            with contextlib.suppress(sa.exc.IntegrityError), conn.begin_nested():
+                conn.execute(planned_table.insert(), row)
 
     def _due(self, schedule: Schedule, until: datetime, at: datetime) -> list[Planned]:
         newest = last_fire(schedule.cron, schedule.tz, at, until)
@@ -300,7 +363,7 @@ class Scheduler:
     # -- crash recovery ----------------------------------------------------------------------
     def recover(self, now: datetime) -> list[Planned]:
         """Close runs whose runner died; return the re-runs their catch-up policy asks for."""
-        host = socket.gethostname()
+        host = host_name()  # NBCRON_HOST, else the machine's name, as in the records
         closed: list[RunRecord] = []
         for record, runner, heartbeat in list(self.index.running()):
             dead = False
@@ -317,9 +380,9 @@ class Scheduler:
             pid = (runner or "?").partition("@")[0]
             reason = f"its runner (pid {pid} on {record.host}) died; found by the scheduler"
             ended = datetime.fromisoformat(heartbeat) if heartbeat else now_utc()
-            closed.append(close_dead_run(record, self.index, reason, ended))
+            closed.append(close_dead_run(record, self.index, reason, ended, self.settings))
             log.warning("%s marked interrupted: %s", record.run_id, reason)
-        reruns: list[Planned] = []
+        reruns: list[Planned] = self._orphans(now)
         for name, schedule in self.schedules.items():
             latest = self.index.newest(name)
             if latest is None or latest.status != "interrupted" or schedule.catchup == "none":
@@ -330,20 +393,91 @@ class Scheduler:
             reruns.append(self._planned(schedule, fire, "catchup", latest.attempt + 1))
         return reruns
 
+    def _orphans(self, now: datetime) -> list[Planned]:
+        """Return the runs planned at least LEASE ago that never started (their scheduler died
+        first), as catch-up runs with the same run ids; forget the planned runs that started."""
+        cutoff = iso(now - LEASE)
+        with self.index.engine.begin() as conn:
+            rows = conn.execute(
+                sa.select(planned_table).where(planned_table.c.planned_at < cutoff)
+            ).all()
+            started: set[str] = set()
+            for start in range(0, len(rows), 500):
+                ids = [r.run_id for r in rows[start : start + 500]]
+                started.update(
+                    conn.execute(
+                        sa.select(runs_table.c.run_id).where(runs_table.c.run_id.in_(ids))
+                    ).scalars()
+                )
+            gone = [r for r in rows if r.run_id not in started and r.schedule not in self.schedules]
+            old = iso(now - PLANNED_HORIZON)
+            stale = [r for r in rows if r.run_id not in started and r.planned_at < old]
+            drop = started | {r.run_id for r in gone} | {r.run_id for r in stale}
+            for start in range(0, len(drop), 500):
+                chunk = list(drop)[start : start + 500]
+                conn.execute(planned_table.delete().where(planned_table.c.run_id.in_(chunk)))
+        for r in stale:
+            log.warning("%s was planned at %s and never started; given up", r.run_id, r.planned_at)
+        out: list[Planned] = []
+        for r in rows:
+            if r.run_id in drop:
+                continue
+            schedule = self.schedules[r.schedule]
+            fire = datetime.fromisoformat(r.scheduled_for)
+            if schedule.catchup == "none" or not schedule.enabled:
+                record_without_running(
+                    schedule,
+                    self.settings,
+                    self.index,
+                    run_id=r.run_id,
+                    trigger="catchup",
+                    scheduled_for=fire,
+                    attempt=r.attempt,
+                    reason="the scheduler that planned this run died before starting it "
+                    + ("(catchup: none)" if schedule.enabled else "(schedule disabled)"),
+                )
+                continue
+            log.warning("%s was planned by a scheduler that died; starting it", r.run_id)
+            out.append(Planned(Job(r.schedule, "catchup", fire, r.attempt, r.run_id), schedule))
+        return out
+
 
 @dataclass
 class Dispatcher:
-    """Starts planned runs in worker processes under overlap and parallelism limits."""
+    """Starts planned runs through an executor under overlap and parallelism limits.
+
+    The executor is where runs execute: local processes by default (``tick``, ``serve``), or a
+    Dask cluster (``serve --executor dask``); see `toolkit.executors`.
+    """
 
     scheduler: Scheduler
     max_parallel: int = 2
-    running: list[Worker] = field(default_factory=list)
+    executor: Executor | None = None
+    running: list[RunHandle] = field(default_factory=list)
     pending: deque[Planned] = field(default_factory=deque)
     finished: list[RunRecord] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        if self.executor is None:
+            from toolkit.executors import LocalExecutor
+
+            self.executor = LocalExecutor(self.scheduler.settings)
+
+    @property
+    def runs_on(self) -> Executor:
+        """Return the executor runs start through."""
+        assert self.executor is not None  # set in __post_init__
+        return self.executor
+
     def _busy(self, name: str) -> bool:
         return any(w.job.schedule == name for w in self.running)
+
+    def _known(self, run_id: str) -> bool:
+        """Return True if ``run_id`` is already running or waiting here (recovery planned it)."""
+        return any(w.job.run_id == run_id for w in self.running) or any(
+            p.job.run_id == run_id for p in self.pending
+        )
 
     def submit(self, planned: Planned) -> bool:
         """Start, queue or skip a planned run; return False for a pre-start that must wait.
@@ -352,6 +486,8 @@ class Dispatcher:
         overlap policy is decided at the fire instant, not seconds before it.
         """
         schedule, job = planned.schedule, planned.job
+        if self._known(job.run_id):
+            return True
         queued_here = any(p.schedule.name == schedule.name for p in self.pending)
         busy = (
             self._busy(schedule.name)
@@ -391,7 +527,7 @@ class Dispatcher:
             ):
                 continue
             self.pending.remove(planned)
-            self.running.append(Worker(planned.job, self.scheduler.settings))
+            self.running.append(self.runs_on.start(planned.job, planned.schedule))
 
     def reap(self) -> list[RunRecord]:
         """Collect ended runs, plan their retries, start what waited; return the new records."""
@@ -415,7 +551,8 @@ class Dispatcher:
         return records
 
     def sentinels(self) -> list[int]:
-        return [w.sentinel for w in self.running]
+        """Return descriptors that become readable when a running run ends."""
+        return self.runs_on.sentinels(self.running)
 
     def idle(self) -> bool:
         return not self.running and not self.pending

@@ -2,7 +2,8 @@
 
 A schedule names a notebook, when to run it (cron in a timezone) and how (parameters, secrets,
 timeout, retries, overlap and catch-up policies), how long its runs are kept (``retention``) and
-whom to tell when it fails (``notify``). Every error names the file, the key, the bad
+whom to tell when it fails (``notify``), and what a Dask worker needs to take its runs
+(``resources``). Every error names the file, the key, the bad
 value and the fix, e.g. ``schedules/orders.yaml: `cron` "*/61 * * * *" is not a valid cron
 expression (minute must be 0-59)``.
 """
@@ -22,7 +23,7 @@ import yaml
 from toolkit.errors import ConfigError, ParameterError, ScheduleError, SecretError
 from toolkit.firetimes import next_fire, validate_cron
 from toolkit.settings import Settings
-from toolkit.units import parse_duration
+from toolkit.units import parse_duration, parse_size
 
 __all__ = [
     "Catchup",
@@ -56,6 +57,7 @@ _KEYS = (
     "enabled",
     "retention",
     "notify",
+    "resources",
 )
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -121,6 +123,8 @@ class Schedule:
     enabled: bool = True
     retention: Retention | None = None
     notify: Notify | None = None
+    # Dask worker resources a run needs (name -> amount, sizes in bytes), e.g. {"memory": 4e9}.
+    resources: dict[str, float] = field(default_factory=dict)
 
     @property
     def tz(self) -> ZoneInfo:
@@ -255,6 +259,7 @@ def load_schedule(path: Path, settings: Settings) -> Schedule:
         raise ScheduleError(shown, "enabled", f"{enabled!r} must be true or false")
     retention = _retention(data.get("retention"), shown)
     notify = _notify(data.get("notify"), set(secrets), shown)
+    resources = _resources(data.get("resources"), shown)
 
     return Schedule(
         name=name,
@@ -271,6 +276,7 @@ def load_schedule(path: Path, settings: Settings) -> Schedule:
         enabled=enabled,
         retention=retention,
         notify=notify,
+        resources=resources,
     )
 
 
@@ -303,6 +309,33 @@ def _retries(value: Any, shown: str) -> Retries:
     except ValueError as exc:
         raise ScheduleError(shown, "retries.backoff", str(exc)) from exc
     return Retries(max=max_, backoff=backoff)
+
+
+def _resources(value: Any, shown: str) -> dict[str, float]:
+    """Return resource name -> amount; sizes such as ``4GB`` become bytes."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ScheduleError(
+            shown, "resources", f"{value!r} must be a mapping like {{memory: 4GB, GPU: 1}}"
+        )
+    out: dict[str, float] = {}
+    for name, amount in value.items():
+        key = f"resources.{name}"
+        if not isinstance(name, str) or not name.strip():
+            raise ScheduleError(shown, key, "must be a resource name such as memory or GPU")
+        if isinstance(amount, bool) or not isinstance(amount, (int, float, str)):
+            raise ScheduleError(shown, key, f"{amount!r} must be a number or a size like 4GB")
+        try:
+            number = float(amount) if isinstance(amount, (int, float)) else parse_size(amount)
+        except ValueError as exc:
+            raise ScheduleError(
+                shown, key, f"{amount!r} must be a number or a size like 4GB ({exc})"
+            ) from exc
+        if not number > 0:
+            raise ScheduleError(shown, key, f"{amount!r} must be more than 0; leave it out")
+        out[name] = float(number)
+    return out
 
 
 def _mapping(

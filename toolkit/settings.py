@@ -2,7 +2,8 @@
 
 A project is a folder holding ``schedules/`` and the notebooks they name. Relative paths resolve
 against it. ``NBCRON_RUNS`` and ``NBCRON_DATABASE`` override the file, so one checkout can point
-at a shared PostgreSQL index without editing it.
+at a shared PostgreSQL index without editing it. ``NBCRON_RUNS_URL``, ``NBCRON_EXECUTOR`` and
+``NBCRON_SCHEDULER_ADDRESS`` do the same for the scale-out settings.
 """
 
 from __future__ import annotations
@@ -18,7 +19,18 @@ from toolkit.units import parse_duration, parse_size
 
 __all__ = ["Settings", "load_settings"]
 
-_KNOWN_KEYS = {"runs", "database", "timezone", "max_output", "kill_grace", "kernel_name"}
+_KNOWN_KEYS = {
+    "runs",
+    "database",
+    "timezone",
+    "max_output",
+    "kill_grace",
+    "kernel_name",
+    "runs_url",
+    "executor",
+    "scheduler_address",
+}
+_EXECUTORS = ("local", "dask")
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,11 @@ class Settings:
     max_output: int = 10 * 1024 * 1024
     kill_grace: float = 5.0
     kernel_name: str | None = None
+    # Scale out: records and reports also published to this fsspec URL (e.g. s3://bucket/runs);
+    # runs executed by the local process pool or a Dask cluster at ``scheduler_address``.
+    runs_url: str | None = None
+    executor: str = "local"
+    scheduler_address: str | None = None
 
     @property
     def schedules_dir(self) -> Path:
@@ -91,6 +108,14 @@ def load_settings(project: str | Path | None = None) -> Settings:
     except ValueError as exc:
         raise ConfigError(f"{pyproject}: `tool.nbcron`: {exc}") from exc
     kernel = table.get("kernel_name")
+    runs_url = os.environ.get("NBCRON_RUNS_URL") or table.get("runs_url") or None
+    executor = str(os.environ.get("NBCRON_EXECUTOR") or table.get("executor", "local"))
+    if executor not in _EXECUTORS:
+        raise ConfigError(
+            f"{pyproject}: `tool.nbcron.executor` {executor!r} is not an executor; "
+            f"use one of {', '.join(_EXECUTORS)}"
+        )
+    address = os.environ.get("NBCRON_SCHEDULER_ADDRESS") or table.get("scheduler_address") or None
     return Settings(
         project=root,
         runs=runs,
@@ -99,4 +124,7 @@ def load_settings(project: str | Path | None = None) -> Settings:
         max_output=max_output,
         kill_grace=kill_grace,
         kernel_name=str(kernel) if kernel else None,
+        runs_url=str(runs_url).rstrip("/") if runs_url else None,
+        executor=executor,
+        scheduler_address=str(address) if address else None,
     )

@@ -15,7 +15,7 @@ without writing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -55,6 +55,16 @@ class UpsertResult:
     def total(self) -> int:
         """Return the number of rows the call looked at."""
         return self.inserted + self.updated + self.unchanged + self.skipped_stale
+
+    def _repr_html_(self) -> str:
+        """Return the counts (and a dry run's plan) as escaped HTML (Jupyter's rich display)."""
+        from toolkit.htmlrepr import fields_html, frame_html, plan_display
+
+        title = f"{self.table}: {'plan (dry run)' if self.dry_run else 'upsert'}"
+        html = fields_html(title, [(name, getattr(self, name)) for name in COUNTS])
+        if self.plan is not None and len(self.plan):
+            html += frame_html(plan_display(self.plan), css="nbcron-plan-table")
+        return html
 
 
 def upsert(
@@ -120,6 +130,38 @@ def upsert_page(
     return upsert(
         rows, target, table=table, key=key, version=version, children=children, dry_run=dry_run
     )
+
+
+def counting_sink(
+    target: Any,
+    *,
+    table: str,
+    key: str | Sequence[str],
+    version: str | None,
+    transform: Any,
+    dry_run: bool | None,
+) -> tuple[Callable[[list[Any]], None], dict[str, int]]:
+    """Return (a sink that upserts each page it gets, the running tallies of those upserts).
+
+    The tallies are keyed like an `UpsertResult`'s (`COUNTS`), so an importer can put them into
+    its own result with ``dataclasses.replace(result, **counts)``.
+    """
+    counts = dict.fromkeys(COUNTS, 0)
+
+    def sink(records: list[Any]) -> None:
+        done = upsert_page(
+            records,
+            target,
+            table=table,
+            key=key,
+            version=version,
+            transform=transform,
+            dry_run=dry_run,
+        )
+        for name in counts:
+            counts[name] += getattr(done, name)
+
+    return sink, counts
 
 
 def plan(

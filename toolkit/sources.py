@@ -71,6 +71,32 @@ class Source:
         return "file" in _protocols(self.fs)
 
 
+SMALL_FILE = 65536  # bytes; a local file listed this small is read whole when opened
+
+
+def _open_small(path: str) -> IO[bytes]:
+    """Return a small local file's content as an in-memory stream, read in as few system calls
+    as can be (the local hot path: a buffered file object costs twice the reading of a small
+    file). A file that has grown past `SMALL_FILE` since it was listed comes back as the open
+    file itself, so a large file is still streamed.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        parts: list[bytes] = []
+        size = 0
+        while size <= SMALL_FILE and (part := os.read(fd, SMALL_FILE + 1 - size)):
+            parts.append(part)
+            size += len(part)
+        if size > SMALL_FILE:
+            os.lseek(fd, 0, os.SEEK_SET)
+            return os.fdopen(fd, "rb")  # the file object owns (and closes) the descriptor
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    return io.BytesIO(b"".join(parts))
+
+
 @dataclass(frozen=True)
 class ReadyFile:
     """A file that is ready to be processed."""
@@ -92,12 +118,19 @@ class ReadyFile:
             return f"etag:{self.etag}"
         return self.mtime.isoformat() if self.mtime else ""
 
+    @cached_property
+    def local(self) -> bool:
+        """Return True if the file is on the local filesystem (read without fsspec)."""
+        return self.fs is None or "file" in _protocols(self.fs)
+
     def open(self) -> IO[bytes]:
         """Return the file opened for binary reading (close it, or use ``with``)."""
         if self.data is not None:
             return io.BytesIO(self.data)
-        if self.fs is None or "file" in _protocols(self.fs):
-            return open(self.path, "rb")  # the local hot path: no fsspec wrapper per file
+        if self.local:
+            if self.size <= SMALL_FILE:
+                return _open_small(self.path)
+            return open(self.path, "rb")  # no fsspec wrapper per file
         return self.fs.open(self.path, "rb")  # type: ignore[no-any-return]
 
     def read(self) -> bytes:
@@ -122,6 +155,27 @@ class Listing(list[ReadyFile]):
         super().__init__(files)
         self.skipped = list(skipped)
         self.capped = 0  # ready files left for the next run by ``limit``
+
+    def _repr_html_(self) -> str:
+        """Return the ready and the skipped files as escaped HTML tables (Jupyter's display)."""
+        import pandas as pd
+
+        from toolkit.htmlrepr import frame_html
+
+        ready = pd.DataFrame(
+            [{"file": f.name, "bytes": f.size, "modified": f.mtime} for f in self],
+            columns=["file", "bytes", "modified"],
+        )
+        html = f"<p>{len(self):,} ready file(s), {len(self.skipped):,} not ready</p>"
+        html += frame_html(ready, css="nbcron-ready-files")
+        if self.capped:
+            html += f"<p>{self.capped:,} more ready file(s) left for the next run by limit</p>"
+        if self.skipped:
+            skipped = pd.DataFrame(
+                [{"file": s.name, "bytes": s.size, "why not ready": s.reason} for s in self.skipped]
+            )
+            html += frame_html(skipped, css="nbcron-skipped-files")
+        return html
 
 
 def _protocols(fs: Any) -> tuple[str, ...]:
@@ -226,7 +280,10 @@ def _scan_local(root: str, pattern: str) -> dict[str, dict[str, Any]]:
     with os.scandir(root) as entries:
         for entry in entries:
             if entry.is_file(follow_symlinks=False) and fnmatch.fnmatchcase(entry.name, pattern):
-                st = entry.stat(follow_symlinks=False)
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # deleted while we listed (another run completed it): not there
                 out[entry.name] = {"name": entry.path, "size": st.st_size, "mtime": st.st_mtime}
     return out
 
@@ -345,11 +402,7 @@ def prefetch(files: list[ReadyFile], *, max_size: int = 1 << 20) -> list[ReadyFi
     On SFTP and S3 one ``cat`` of many paths runs the requests side by side instead of one
     round trip after another; local files and files over ``max_size`` are read when used.
     """
-    remote = [
-        f
-        for f in files
-        if f.fs is not None and "file" not in _protocols(f.fs) and f.size <= max_size
-    ]
+    remote = [f for f in files if not f.local and f.size <= max_size]
     if len(remote) < 2:
         return files
     try:

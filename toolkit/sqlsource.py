@@ -411,23 +411,11 @@ def poll_sql(
         return poller.run(sink, target=target)
     if target is None or table is None:
         raise ValueError("poll_sql() needs `target` and `table` to upsert into, or a `sink`")
-    from toolkit.sinks import COUNTS, upsert_page
+    from toolkit.sinks import counting_sink
 
-    counts = dict.fromkeys(COUNTS, 0)
-
-    def to_target(records: list[Record]) -> None:
-        done = upsert_page(
-            records,
-            target,
-            table=table,
-            key=key,
-            version=version,
-            transform=transform,
-            dry_run=poller.dry_run,
-        )
-        for name in counts:
-            counts[name] += getattr(done, name)
-
+    to_target, counts = counting_sink(
+        target, table=table, key=key, version=version, transform=transform, dry_run=poller.dry_run
+    )
     result = poller.run(to_target, target=target)
     return replace(
         result,

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from toolkit.context import context, state_database
@@ -82,7 +83,7 @@ class State:
     """The key-value state of one namespace (a schedule) in one database."""
 
     def __init__(self, namespace: str, database: str | Engine | None = None) -> None:
-        from sqlalchemy.engine import Engine
+        from sqlalchemy.engine import Engine, make_url
 
         from toolkit.sqltarget import engine_for
 
@@ -90,6 +91,15 @@ class State:
             raise ValueError(f"state namespace must be a non-empty string, not {namespace!r}")
         self.namespace = namespace
         url = database if database is not None else state_database()
+        if isinstance(url, str):
+            parsed = make_url(url)
+            if parsed.get_backend_name() == "sqlite" and parsed.database not in (
+                None,
+                "",
+                ":memory:",
+            ):
+                # a fresh project has no runs/ yet (interactively the state lives in runs/index.db)
+                Path(parsed.database or "").parent.mkdir(parents=True, exist_ok=True)
         self.engine = url if isinstance(url, Engine) else engine_for(url)
         self.url = self.engine.url.render_as_string(hide_password=True)
         self._revisions: dict[str, int | None] = {}

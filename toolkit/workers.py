@@ -10,6 +10,7 @@ its run, so no kernel outlives the scheduler and the record says what happened.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
@@ -49,13 +50,13 @@ class Job:
     not_before: datetime | None = None
 
 
-def _watch_parent(parent: int) -> None:
+def _watch_parent(parent: int, role: str) -> None:
     from toolkit.runner import interrupt_all
 
     while True:
         time.sleep(0.5)
         if not _pid_alive(parent):
-            interrupt_all(f"its scheduler (pid {parent}) died")
+            interrupt_all(f"its {role} (pid {parent}) died")
             return
 
 
@@ -68,13 +69,13 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
-def _child(job: Job, settings: Settings, parent: int, conn: Connection) -> None:
+def _child(job: Job, settings: Settings, parent: int, role: str, conn: Connection) -> None:
     from toolkit.runner import interrupt_all, run_schedule
     from toolkit.schedules import find_schedule
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: interrupt_all("the scheduler stopped it (SIGTERM)"))
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    threading.Thread(target=_watch_parent, args=(parent, role), daemon=True).start()
     result: dict[str, Any] | None = None
     error: str | None = None
     try:
@@ -91,21 +92,25 @@ def _child(job: Job, settings: Settings, parent: int, conn: Connection) -> None:
         result = record.to_dict() if record is not None else None
     except Exception as exc:  # reported to the scheduler, which logs it
         error = f"{type(exc).__name__}: {exc}"
-    conn.send((result, error))
+    with contextlib.suppress(OSError):  # the parent died; the record already says so
+        conn.send((result, error))
     conn.close()
 
 
 class Worker:
-    """A run in its own process; ``sentinel`` becomes ready when it ends."""
+    """A run in its own process; ``sentinel`` becomes ready when it ends.
 
-    def __init__(self, job: Job, settings: Settings) -> None:
+    The process watches this one (``role`` names it in the record when it dies).
+    """
+
+    def __init__(self, job: Job, settings: Settings, role: str = "scheduler") -> None:
         self.job = job
         self.started = time.monotonic()
         receive, send = _mp().Pipe(duplex=False)
         self._conn: Connection = receive
         self.process = _mp().Process(
             target=_child,
-            args=(job, settings, os.getpid(), send),
+            args=(job, settings, os.getpid(), role, send),
             daemon=False,
             name=f"nbcron run {job.run_id}",
         )
