@@ -108,7 +108,8 @@ def test_serve_killed_outright_is_recovered_on_restart(project: Project, tmp_pat
     )
     serve = start_serve(project, log)
     try:
-        kernel = wait_for(lambda: read_pids(pidfile).get("kernel"), 100, "the first run to start")
+        # up to a minute to the first fire, then a kernel start on a loaded machine
+        kernel = wait_for(lambda: read_pids(pidfile).get("kernel"), 180, "the first run to start")
         first = wait_for(lambda: runs(project, "longrun"), 10, "the run in the index")[0]
         assert first["status"] == "running"
         os.killpg(serve.pid, signal.SIGKILL)  # the scheduler and its workers; the kernel survives
@@ -116,6 +117,7 @@ def test_serve_killed_outright_is_recovered_on_restart(project: Project, tmp_pat
     finally:
         if serve.poll() is None:
             os.killpg(serve.pid, signal.SIGKILL)
+            serve.wait()
     pidfile.unlink()
     serve = start_serve(project, log, "--grace", "0")
     try:
@@ -186,10 +188,17 @@ def test_two_servers_and_a_tick_start_each_scheduled_run_exactly_once(tmp_path: 
         records = [r for r in runs(project, env=env) if r["run_id"].startswith(prefix)]
         ids = [r["run_id"] for r in records if r["run_id"] in expected]
         assert sorted(ids) == sorted(expected)
-        assert {r["status"] for r in records if r["run_id"] in expected} == {"succeeded"}
+        status = {r["run_id"]: r["status"] for r in records if r["run_id"] in expected}
+        # overlap: skip (the default) records a fire whose previous run is still queued or
+        # running as skipped; on a loaded machine 20 runs a minute on two slots can fall behind.
+        # A skipped run is recorded once and never executed; the first fire has nothing before it.
+        assert set(status.values()) <= {"succeeded", "skipped"}, status
+        first = {f"{n}/{fires[0]:%Y%m%dT%H%M%SZ}" for n in names}
+        assert {status[i] for i in first} == {"succeeded"}
+        ran = {i for i, s in status.items() if s == "succeeded"}
         executed = [json.loads(line)["run_id"] for line in logfile.read_text().splitlines()]
         executed = [e for e in executed if e in expected]
-        assert sorted(executed) == sorted(expected), "a scheduled run executed twice or not at all"
+        assert sorted(executed) == sorted(ran), "a scheduled run executed twice or not at all"
     if pg:
         import sqlalchemy as sa
 
