@@ -45,21 +45,22 @@ def test_xml_records_are_the_named_elements_and_a_frame_on_request(tmp_path: Pat
     assert list(frame["Sku"]) == ["S0", "S1", "S2"]
 
 
-@pytest.mark.parametrize(
-    ("data", "message"),
-    [
-        (ORDER[:130], "t.xml, line 3, in <OrderSummary/Header>: not well-formed XML"),
-        (b"\x89PNG\r\n\x1a\n\x00\x00binary", "t.xml, line 1: not well-formed XML"),
-        (
-            b'<?xml version="1.0"?>\n<!DOCTYPE a [<!ENTITY e "x">]><a>&e;</a>',
-            "t.xml, line 2: refused: DTDForbidden",
-        ),
-        (
-            b'<!DOCTYPE a [<!ENTITY e SYSTEM "file:///etc/passwd">]><a>&e;</a>',
-            "t.xml, line 1: refused: DTDForbidden",
-        ),
-    ],
-)
+BAD_XML = [
+    (ORDER[:130], "t.xml, line 3, in <OrderSummary/Header>: not well-formed XML"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00binary", "t.xml, line 1: not well-formed XML"),
+    (
+        b'<?xml version="1.0"?>\n<!DOCTYPE a [<!ENTITY e "x">]><a>&e;</a>',
+        "t.xml, line 2: refused: DTDForbidden",
+    ),
+    (
+        b'<!DOCTYPE a [<!ENTITY e SYSTEM "file:///etc/passwd">]><a>&e;</a>',
+        "t.xml, line 1: refused: DTDForbidden",
+    ),
+    (b"<a>&e;</a>", "t.xml, line 1"),  # no DTD declares it: refused, never looked up
+]
+
+
+@pytest.mark.parametrize(("data", "message"), BAD_XML)
 def test_bad_xml_names_the_file_and_the_line(tmp_path: Path, data: bytes, message: str) -> None:
     with pytest.raises(ParseError) as caught:
         parse(write(tmp_path, "t.xml", data))
@@ -77,25 +78,36 @@ def test_entities_and_external_references_are_refused_even_with_a_dtd_allowed(
         parse(write(tmp_path, "c.xml", external), allow_dtd=True)
 
 
-def test_a_huge_xml_file_streams_in_constant_memory(tmp_path: Path) -> None:
-    path = tmp_path / "big.xml"
+def big_lines_file(path: Path, head: bytes, tail: bytes) -> Path:
+    """Return ``path`` written as 500,000 order lines (33 MB) between ``head`` and ``tail``."""
     line = b"<Line><Sku>X-1</Sku><Qty>1</Qty><UnitPrice>1.00</UnitPrice></Line>\n"
     with path.open("wb") as fh:
-        fh.write(b"<Lines>")
+        fh.write(head)
         for _ in range(25):
             fh.write(line * 20000)  # 25 x 1.3 MB
-        fh.write(b"</Lines>")
-    script = textwrap.dedent(
-        f"""
-        import resource, toolkit.parsers as p, toolkit.xmlrecords
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        n = sum(1 for _ in p.iter_records({str(path)!r}, record="Line"))
-        grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-        print(n, grown)
-        """
-    )
+        fh.write(tail)
+    return path
+
+
+def run_measured(body: str) -> list[str]:
+    """Return the lines a fresh interpreter prints running ``body`` (which may print), then how
+    many kB its peak memory grew by while it ran."""
+    script = "import resource, toolkit, toolkit.parsers\n"
+    script += "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+    script += textwrap.dedent(body)
+    script += "\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    count, grown_kb = map(int, out.stdout.split())
+    return out.stdout.splitlines()
+
+
+def test_a_huge_xml_file_streams_in_constant_memory(tmp_path: Path) -> None:
+    path = big_lines_file(tmp_path / "big.xml", b"<Lines>", b"</Lines>")
+    count, grown_kb = map(
+        int,
+        run_measured(
+            f"print(sum(1 for _ in toolkit.parsers.iter_records({str(path)!r}, record='Line')))"
+        ),
+    )
     assert count == 500_000
     assert path.stat().st_size > 30_000_000
     assert grown_kb < 30_000, f"memory grew by {grown_kb} kB while streaming"
@@ -209,3 +221,53 @@ def test_dtd_entities_and_external_references_are_refused_on_every_path(
                 parse(write(tmp_path, "x.xml", data), **options)
             assert "root:" not in str(caught.value)  # nothing of /etc/passwd came back
             assert str(caught.value).startswith("x.xml, line 1")
+
+
+def test_xml_root_reads_a_document_by_path_as_element_tree_does(tmp_path: Path) -> None:
+    from xml.etree import ElementTree
+
+    from toolkit import xml_root
+
+    root = xml_root(write(tmp_path, "a.xml", ORDER))
+    assert (root.tag, root.findtext("Header/OrderId"), root.findtext("Header/Revision")) == (
+        "OrderSummary",
+        "A-1001",
+        "3",
+    )
+    assert [(x.get("no"), x.findtext("Sku")) for x in root.iter("Line")] == [("1", "X-1")]
+    spaced = b'<o xmlns="urn:o" xmlns:p="urn:p"><p:a p:x="1">t</p:a><b/></o>'
+    for data in (spaced, spaced.replace(b"<b/>", b"<b>" + b" " * 70_000 + b"</b>")):  # 2 paths
+        mine, stdlib = xml_root(io.BytesIO(data)), ElementTree.fromstring(data)
+        assert [(e.tag, e.attrib) for e in mine.iter()] == [
+            (e.tag, e.attrib) for e in stdlib.iter()
+        ]
+        assert mine.find("{urn:p}a").get("{urn:p}x") == "1"
+
+
+@pytest.mark.parametrize(("data", "message"), BAD_XML)
+def test_xml_root_refuses_and_names_what_parse_does(
+    tmp_path: Path, data: bytes, message: str
+) -> None:
+    from toolkit import xml_root
+
+    with pytest.raises(ParseError) as caught:
+        xml_root(write(tmp_path, "t.xml", data))
+    assert str(caught.value).startswith(message)
+    assert "root:" not in str(caught.value)  # nothing of /etc/passwd came back
+
+
+def test_xml_root_refuses_a_huge_document_while_reading_it(tmp_path: Path) -> None:
+    path = big_lines_file(
+        tmp_path / "big.xml", b"<OrderSummary><Lines>", b"</Lines></OrderSummary>"
+    )
+    error, grown_kb = run_measured(
+        f"""
+        try:
+            toolkit.xml_root({str(path)!r})
+        except toolkit.ParseError as exc:
+            print(exc)
+        """
+    )
+    assert "big.xml, line 25000, in <OrderSummary/Lines/Line" in error  # 4 elements a line
+    assert "more than 100,000 elements (max_elements)" in error
+    assert int(grown_kb) < 60_000, f"memory grew by {grown_kb} kB before the refusal"

@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # the lazy names, for type checkers and editors
     from toolkit.state import State, StateConflict
     from toolkit.workbench import Workbench
     from toolkit.xmlexport import XsdError, XsdViolation, validate_xml
+    from toolkit.xmlrecords import xml_root
 
 __version__ = "0.1.0"
 
@@ -96,6 +97,7 @@ _LAZY: dict[str, str] = {
     "upsert": "toolkit.sinks",
     "validate_xml": "toolkit.xmlexport",
     "Workbench": "toolkit.workbench",
+    "xml_root": "toolkit.xmlrecords",
 }
 
 __all__ = [
@@ -158,6 +160,7 @@ __all__ = [
     "upsert",
     "validate_xml",
     "workbench",
+    "xml_root",
 ]
 
 

@@ -12,10 +12,15 @@ whatever the file holds.
 An element becomes a string when it has only text, else a dict of its children (``@name`` for
 attributes, ``#text`` for mixed text); a repeated child becomes a list, and so does a child named
 in ``lists`` even when it occurs once.
+
+`xml_root` gives the same parse as an ElementTree element instead, for formats best read by path
+(``root.findtext("Header/OrderId")``): the same refusals, limits and errors, the whole document
+counting as one record for ``max_elements``.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Collection, Iterator
 from typing import IO, Any
@@ -28,7 +33,7 @@ from defusedxml.ElementTree import DefusedXMLParser  # type: ignore[import-untyp
 
 from toolkit.parsers import ParseError
 
-__all__ = ["iter_xml"]
+__all__ = ["iter_xml", "xml_root"]
 
 CHUNK = 65536
 MAX_TEXT = 16 * 1024 * 1024
@@ -143,6 +148,16 @@ def _hardened_expat(allow_dtd: bool) -> Any:
     return parser
 
 
+def _wired(allow_dtd: bool, target: Any) -> Any:
+    """Return a hardened expat parser that hands elements and text to ``target``'s ``start``,
+    ``end`` and ``data`` (ElementTree's C tree builder, or one of ours)."""
+    parser = _hardened_expat(allow_dtd)
+    parser.StartElementHandler = target.start
+    parser.EndElementHandler = target.end
+    parser.CharacterDataHandler = target.data
+    return parser
+
+
 def _whole(
     data: bytes, record: str | None, lists: frozenset[str], allow_dtd: bool
 ) -> list[dict[str, Any]] | None:
@@ -153,10 +168,7 @@ def _whole(
     caller parses again the streaming way, whose message names the element.
     """
     tree = ElementTree.TreeBuilder()
-    parser = _hardened_expat(allow_dtd)
-    parser.StartElementHandler = tree.start
-    parser.EndElementHandler = tree.end
-    parser.CharacterDataHandler = tree.data
+    parser = _wired(allow_dtd, tree)
     try:
         parser.Parse(data, True)
         root = tree.close()
@@ -254,10 +266,7 @@ def iter_xml(
             yield from records
             return
     builder = _Builder(record, frozenset(lists), max_text, max_elements)
-    expat = _hardened_expat(allow_dtd)
-    expat.StartElementHandler = builder.start
-    expat.EndElementHandler = builder.end
-    expat.CharacterDataHandler = builder.data
+    expat = _wired(allow_dtd, builder)
     try:
         chunk = first
         while True:
@@ -269,21 +278,128 @@ def iter_xml(
                 builder.done.clear()
             chunk = stream.read(CHUNK)
         expat.Parse(b"", True)
-    except DefusedXmlException as exc:
-        raise ParseError(
-            name,
-            f"refused: {type(exc).__name__} ({exc}); DTDs, entities and external references "
-            "are not allowed",
-            line=expat.CurrentLineNumber,
-            element=builder.path or None,
-        ) from None
-    except ExpatError as exc:
-        reason = str(exc).split(": line")[0]
-        raise ParseError(
-            name, f"not well-formed XML: {reason}", line=exc.lineno, element=builder.path or None
-        ) from None
-    except ValueError as exc:
-        raise ParseError(
-            name, f"refused: {exc}", line=expat.CurrentLineNumber, element=builder.path or None
-        ) from None
+    except (ExpatError, ValueError) as exc:  # DefusedXmlException is a ValueError
+        raise _parse_error(exc, name, expat, builder.path) from None
     yield from builder.done
+
+
+def _parse_error(exc: Exception, name: str, expat: Any, path: str) -> ParseError:
+    """Return the error naming file, line and open elements for what the parser raised."""
+    if isinstance(exc, DefusedXmlException):
+        reason = (
+            f"refused: {type(exc).__name__} ({exc}); DTDs, entities and external references "
+            "are not allowed"
+        )
+    elif isinstance(exc, ExpatError):
+        reason = f"not well-formed XML: {str(exc).split(': line')[0]}"
+        return ParseError(name, reason, line=exc.lineno, element=path or None)
+    else:
+        reason = f"refused: {exc}"
+    return ParseError(name, reason, line=expat.CurrentLineNumber, element=path or None)
+
+
+class _Counted:
+    """ElementTree's tree builder behind the same limits as `_Builder`, the whole document being
+    one record; it keeps the open elements' names for error messages."""
+
+    def __init__(self, max_text: int, max_elements: int) -> None:
+        self.tree = ElementTree.TreeBuilder()
+        self.max_text = max_text
+        self.max_elements = max_elements
+        self.elements = 0
+        self.text_size = 0
+        self.stack: list[str] = []
+
+    @property
+    def path(self) -> str:
+        return "/".join(self.stack)
+
+    def start(self, tag: str, attrib: dict[str, str]) -> None:
+        if len(self.stack) >= MAX_DEPTH:
+            raise ValueError(f"elements nested deeper than {MAX_DEPTH}")
+        self.elements += 1
+        if self.elements > self.max_elements:
+            raise ValueError(
+                f"the document holds more than {self.max_elements:,} elements (max_elements); "
+                "read it record by record with toolkit.parse(file, record=...), or raise "
+                "max_elements"
+            )
+        self.stack.append(_local(tag))
+        self.text_size = 0
+        self.tree.start(tag, attrib)
+
+    def data(self, text: str) -> None:
+        self.text_size += len(text)
+        if self.text_size > self.max_text:
+            raise ValueError(f"a text longer than {self.max_text} characters (max_text)")
+        self.tree.data(text)
+
+    def end(self, tag: str) -> None:
+        self.stack.pop()
+        self.text_size = 0
+        self.tree.end(tag)
+
+
+def xml_root(
+    file_or_path: Any,
+    *,
+    max_text: int = MAX_TEXT,
+    max_elements: int = MAX_ELEMENTS,
+    allow_dtd: bool = False,
+) -> ElementTree.Element:
+    """Return the root element of an XML file, parsed by the hardened parser `toolkit.parse`
+    uses: DTDs (unless ``allow_dtd``), entities and external references refused, errors naming
+    the file, line and element.
+
+    ``file_or_path`` is what `toolkit.parse` takes. The tree is built whole, so the document is
+    held to ``max_elements`` elements (a 200 MB file is refused while it is read, not loaded);
+    for a file of many records, ``toolkit.parse(file, record=...)`` streams instead. Namespaced
+    names are ElementTree's ``{uri}local``.
+    """
+    from toolkit.parsers import _is_stream, _name_of, _open
+
+    name = _name_of(file_or_path)
+    if _is_stream(file_or_path):
+        return _root(file_or_path, name, max_text, max_elements, allow_dtd)
+    with _open(file_or_path) as stream:
+        return _root(stream, name, max_text, max_elements, allow_dtd)
+
+
+def _root(
+    stream: IO[bytes], name: str, max_text: int, max_elements: int, allow_dtd: bool
+) -> ElementTree.Element:
+    first = stream.read(CHUNK)
+    if len(first) < CHUNK and max_text >= CHUNK and max_elements >= CHUNK // 4:
+        # the whole file is in hand and too small to break either limit: C handlers only
+        tree = ElementTree.TreeBuilder()
+        expat = _wired(allow_dtd, tree)
+        try:
+            expat.Parse(first, True)
+            return _namespaced(tree.close(), b"xmlns" in first)
+        except Exception:  # parsed again below, for an error that names the element
+            stream = io.BytesIO(first)
+            first = stream.read(CHUNK)
+    counted = _Counted(max_text, max_elements)
+    expat = _wired(allow_dtd, counted)
+    try:
+        chunk = first
+        while chunk:
+            expat.Parse(chunk, False)
+            chunk = stream.read(CHUNK)
+        expat.Parse(b"", True)
+        return _namespaced(counted.tree.close(), True)  # a declaration may come late
+    except (ExpatError, ValueError) as exc:
+        raise _parse_error(exc, name, expat, counted.path) from None
+
+
+def _namespaced(root: ElementTree.Element, declared: bool) -> ElementTree.Element:
+    """Return ``root`` with expat's ``uri}local`` names written as ElementTree's ``{uri}local``
+    (``declared``: the document may declare a namespace; without one no name holds a ``}``)."""
+    if not declared:
+        return root
+    for elem in root.iter():
+        if "}" in elem.tag and not elem.tag.startswith("{"):
+            elem.tag = "{" + elem.tag
+        if any("}" in k for k in elem.attrib):
+            elem.attrib = {("{" + k if "}" in k else k): v for k, v in elem.attrib.items()}
+    return root
