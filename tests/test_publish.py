@@ -209,6 +209,26 @@ def test_publish_all_uploads_what_is_missing_once(project: Project, s3: S3Bucket
         "hello/2026/12/04/20261204T102000Z.html",
         "hello/2026/12/04/20261204T102000Z.ipynb",
     ]
+    # a record rewritten in place with the same size (a status of the same length) goes again
+    changed = record_path(settings.runs, "hello/20261204T101500Z").with_suffix(".html")
+    changed.write_text("<p>20261204T101501Z</p>")
+    third = publish_all(settings, runs_url=s3.url("runs"))
+    assert (third.uploaded, third.present) == (1, 3)
+    assert bucket_files(s3)["hello/2026/12/04/20261204T101500Z.html"] == changed.read_bytes()
+
+
+def test_publish_all_to_a_folder_compares_bytes_not_sizes(project: Project, tmp_path: Path) -> None:
+    settings = load_settings(project.root)
+    path = record_path(settings.runs, "hello/20261204T101500Z")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('{"status": "running"}')
+    shared = (tmp_path / "shared").as_uri()
+    assert publish_all(settings, runs_url=shared).uploaded == 1
+    assert publish_all(settings, runs_url=shared).present == 1
+    path.write_text('{"status": "partial"}')  # same length
+    assert publish_all(settings, runs_url=shared).uploaded == 1
+    published = tmp_path / "shared" / "hello/2026/12/04/20261204T101500Z.ipynb"
+    assert published.read_text() == '{"status": "partial"}'
 
 
 def test_another_machines_run_is_reported_from_the_bucket(

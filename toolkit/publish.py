@@ -26,6 +26,7 @@ up to ``RETRY_BATCH`` remembered files, and ``nbcron migrate --runs-url URL`` (o
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import posixpath
@@ -35,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import click
 import sqlalchemy as sa
@@ -245,8 +247,9 @@ def publish_all(
 ) -> PublishResult:
     """Return what uploading every record and report under the runs folder did.
 
-    A file already at its URL with the same size is left as it is, so a second call uploads only
-    what is new. ``on_file(relative path, "uploaded" | "present" | "failed: ...")`` sees each.
+    A file already at its URL with the same bytes is left as it is, so a second call uploads only
+    what is new or changed. ``on_file(relative path, "uploaded" | "present" | "failed: ...")``
+    sees each.
     """
     from dataclasses import replace
 
@@ -264,11 +267,7 @@ def publish_all(
         relative = _relative(settings, path)
         url = published_url(settings, path)
         target = url_to_fs(url)[1]
-        try:
-            there = fs.size(target)
-        except (FileNotFoundError, OSError):
-            there = None
-        if there == path.stat().st_size:
+        if _holds(fs, target, path):
             result.present += 1
             _forget(settings, relative)
             what = "present"
@@ -282,6 +281,24 @@ def publish_all(
         if on_file is not None:
             on_file(relative, what)
     return result
+
+
+def _holds(fs: Any, target: str, path: Path) -> bool:
+    """Return True if the object at ``target`` has exactly the bytes of the file ``path``."""
+    try:
+        info = fs.info(target)
+    except (FileNotFoundError, OSError):
+        return False
+    if info.get("size") != path.stat().st_size:
+        return False
+    data = path.read_bytes()
+    etag = str(info.get("ETag") or "").strip('"')
+    if len(etag) == 32 and "-" not in etag:  # S3's ETag of a single-part object is its MD5
+        return etag == hashlib.md5(data, usedforsecurity=False).hexdigest()
+    try:
+        return bool(fs.cat_file(target) == data)
+    except (FileNotFoundError, OSError):
+        return False
 
 
 class Throttle:
