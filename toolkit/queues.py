@@ -187,18 +187,6 @@ def _upsert_writer(
     version: str | None,
     transform: Callable[[list[Record]], Any] | None,
 ) -> Writer:
-    from toolkit.sinks import COUNTS, upsert_page
+    from toolkit.sinks import page_writer
 
-    def write(records: list[Record], dry_run: bool) -> dict[str, int]:
-        done = upsert_page(
-            records,
-            target,
-            table=table,
-            key=key,
-            version=version,
-            transform=transform,
-            dry_run=dry_run,
-        )
-        return {name: getattr(done, name) for name in COUNTS}
-
-    return write
+    return page_writer(target, table=table, key=key, version=version, transform=transform)

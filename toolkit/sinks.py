@@ -28,7 +28,7 @@ from toolkit.errors import UpsertError
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-__all__ = ["COUNTS", "UpsertResult", "plan", "upsert", "upsert_page"]
+__all__ = ["COUNTS", "UpsertResult", "page_writer", "plan", "upsert"]
 
 COUNTS = ("inserted", "updated", "unchanged", "skipped_stale")  # an UpsertResult's tallies
 
@@ -107,29 +107,33 @@ def upsert(
     )
 
 
-def upsert_page(
-    records: list[Any],
+def page_writer(
     target: Any,
     *,
     table: str,
     key: str | Sequence[str],
     version: str | None,
     transform: Any,
-    dry_run: bool | None,
-) -> UpsertResult:
-    """Return the upsert of one page (or chunk, or batch) an importer fetched.
+) -> Callable[[list[Any], bool | None], dict[str, int]]:
+    """Return ``write(records, dry_run)``: the upsert of one page (or chunk, or batch) an
+    importer fetched, returning its tallies keyed like an `UpsertResult`'s (`COUNTS`).
 
     ``transform`` (optional) turns the page into the rows to upsert, or into ``(rows,
     {child_table: child_rows})``; the importers (`toolkit.poll`, `toolkit.poll_sql`,
     `toolkit.drain_queue`) share this step.
     """
-    rows = transform(records) if transform is not None else records
-    children = None
-    if isinstance(rows, tuple):
-        rows, children = rows
-    return upsert(
-        rows, target, table=table, key=key, version=version, children=children, dry_run=dry_run
-    )
+
+    def write(records: list[Any], dry_run: bool | None) -> dict[str, int]:
+        rows = transform(records) if transform is not None else records
+        children = None
+        if isinstance(rows, tuple):
+            rows, children = rows
+        done = upsert(
+            rows, target, table=table, key=key, version=version, children=children, dry_run=dry_run
+        )
+        return {name: getattr(done, name) for name in COUNTS}
+
+    return write
 
 
 def counting_sink(
@@ -146,20 +150,12 @@ def counting_sink(
     The tallies are keyed like an `UpsertResult`'s (`COUNTS`), so an importer can put them into
     its own result with ``dataclasses.replace(result, **counts)``.
     """
+    write = page_writer(target, table=table, key=key, version=version, transform=transform)
     counts = dict.fromkeys(COUNTS, 0)
 
     def sink(records: list[Any]) -> None:
-        done = upsert_page(
-            records,
-            target,
-            table=table,
-            key=key,
-            version=version,
-            transform=transform,
-            dry_run=dry_run,
-        )
-        for name in counts:
-            counts[name] += getattr(done, name)
+        for name, n in write(records, dry_run).items():
+            counts[name] += n
 
     return sink, counts
 

@@ -377,8 +377,7 @@ def _root(
             expat.Parse(first, True)
             return _namespaced(tree.close(), b"xmlns" in first)
         except Exception:  # parsed again below, for an error that names the element
-            stream = io.BytesIO(first)
-            first = stream.read(CHUNK)
+            stream = io.BytesIO()  # nothing after `first`: it is the whole file
     counted = _Counted(max_text, max_elements)
     expat = _wired(allow_dtd, counted)
     try:
