@@ -169,3 +169,25 @@ def test_validate_exits_0_on_a_good_project(project: Project) -> None:
     proc = project.nbcron("validate")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "schedules/" not in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("foo://x", "foo://x"),  # no such SQLAlchemy dialect
+        ("postgresql+nosuchdriver://nbcron:s3cret@127.0.0.1/test", "postgresql+nosuchdriver"),
+        ("not a url", "not a url"),
+    ],
+    ids=["unknown dialect", "driver not installed", "not a URL"],
+)
+@pytest.mark.parametrize("command", [("runs",), ("run", "hello")], ids=["runs", "run"])
+def test_an_unusable_database_url_is_refused_naming_it_and_the_setting(
+    project: Project, url: str, named: str, command: tuple[str, ...]
+) -> None:
+    project.schedule("hello", "succeeds")
+    line = one_error_line(project.nbcron(*command, env={"NBCRON_DATABASE": url}))
+    assert named in line
+    assert "NBCRON_DATABASE" in line
+    assert "tool.nbcron.database" in line
+    assert "s3cret" not in line, "the password was printed"
+    assert list(project.runs.rglob("*.ipynb")) == [], "a refused run left a notebook"

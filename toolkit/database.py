@@ -17,7 +17,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-__all__ = ["engine"]
+from toolkit.errors import ConfigError
+
+__all__ = ["engine", "shown"]
 
 _engines: dict[str, sa.Engine] = {}
 _lock = threading.Lock()
@@ -32,12 +34,28 @@ def engine(url: str) -> sa.Engine:
         return found
 
 
+def shown(url: str) -> str:
+    """Return ``url`` with its password hidden, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return url
+
+
 def _create(url: str) -> sa.Engine:
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+        created = sa.create_engine(parsed, pool_pre_ping=parsed.get_backend_name() != "sqlite")
+    except (sa.exc.ArgumentError, ImportError) as exc:  # NoSuchModuleError is an ImportError
+        raise ConfigError(
+            f"database URL {shown(url)!r} is not usable ({str(exc).splitlines()[0]}); write e.g. "
+            "sqlite:///runs/index.db or postgresql+psycopg://user@host/db, with its driver "
+            "installed (the project's database is `tool.nbcron.database` in pyproject.toml, "
+            "or NBCRON_DATABASE)"
+        ) from exc
     sqlite = parsed.get_backend_name() == "sqlite"
     if sqlite and parsed.database not in (None, "", ":memory:"):
         Path(parsed.database or "").parent.mkdir(parents=True, exist_ok=True)
-    created = sa.create_engine(parsed, pool_pre_ping=not sqlite)
     if sqlite:
 
         @sa.event.listens_for(created, "connect")

@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from toolkit import database
+from toolkit.database import shown
 from toolkit.errors import ConfigError, NbcronError
 from toolkit.records import ensure_schema
 
@@ -73,14 +74,6 @@ def nbcron_tables() -> list[sa.Table]:
         state_table(),
         publish.unpublished_table,
     ]
-
-
-def shown(url: str) -> str:
-    """Return ``url`` with its password hidden, for messages."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return url
 
 
 def _parsed(url: str, what: str) -> sa.URL:
