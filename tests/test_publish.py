@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -306,3 +307,29 @@ def test_a_pruned_run_leaves_the_bucket_too(project: Project, s3: S3Bucket) -> N
     assert old not in stored
     assert old.replace(".ipynb", ".html") not in stored
     assert {new, new.replace(".ipynb", ".html")} <= stored
+
+
+def test_publish_all_to_a_store_it_cannot_reach_stops_with_one_error(project: Project) -> None:
+    settings = load_settings(project.root)
+    path = record_path(settings.runs, "hello/20261204T101500Z")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("{}")
+    with socket.socket() as sock:  # a port of 127.0.0.1 where nothing listens
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"sftp://nbcron:s3cret@127.0.0.1:{port}/runs"
+    proc = project.nbcron("publish", "--all", env={"NBCRON_RUNS_URL": url}, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout == ""
+    [line] = proc.stderr.splitlines()
+    assert line.startswith("nbcron: error: cannot reach `runs_url` sftp://nbcron:***@127.0.0.1:")
+    assert "s3cret" not in proc.stderr
+
+
+def test_a_runs_url_of_an_unknown_protocol_is_refused_naming_it(project: Project) -> None:
+    proc = project.nbcron("runs", env={"NBCRON_RUNS_URL": "s4://bucket/runs"})
+    assert proc.returncode == 2, proc.stderr
+    [line] = proc.stderr.splitlines()
+    assert "runs_url" in line
+    assert "'s4'" in line
+    assert "s3://bucket/runs" in line  # the fix: what such a URL looks like

@@ -42,7 +42,7 @@ import click
 import sqlalchemy as sa
 
 from toolkit import database
-from toolkit.errors import ConfigError
+from toolkit.errors import ConfigError, NbcronError
 from toolkit.records import (
     RunRecord,
     atomic_write_text,
@@ -51,9 +51,10 @@ from toolkit.records import (
     now_utc,
     record_path,
 )
-from toolkit.settings import Settings
+from toolkit.settings import Settings, hide_password
 
 __all__ = [
+    "PublishError",
     "PublishResult",
     "Throttle",
     "command",
@@ -83,6 +84,10 @@ unpublished_table = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, default=1),
     sa.Column("failed_at", sa.String(40), nullable=False),
 )
+
+
+class PublishError(NbcronError):
+    """``runs_url`` cannot be reached (down, or the credentials are wrong)."""
 
 
 @dataclass
@@ -259,7 +264,17 @@ def publish_all(
         settings = replace(settings, runs_url=runs_url.rstrip("/"))
     if not settings.runs_url:
         raise ValueError("no `runs_url` to publish to; pass --runs-url or set `runs_url`")
-    fs, _root = url_to_fs(settings.runs_url)
+    try:  # one call first: without credentials every file would fail the same way, slowly
+        fs, root = url_to_fs(settings.runs_url)
+        with contextlib.suppress(FileNotFoundError):  # nothing published there yet
+            fs.info(root)
+    except Exception as exc:
+        raise PublishError(
+            f"cannot reach `runs_url` {hide_password(settings.runs_url)}: {type(exc).__name__}: "
+            f"{hide_password(str(exc))}; check "
+            "the URL, that the store is up, and its credentials (e.g. AWS_ACCESS_KEY_ID / "
+            "AWS_SECRET_ACCESS_KEY for s3://)"
+        ) from exc
     result = PublishResult()
     for path in sorted(settings.runs.glob("*/*/*/*/*")):
         if path.suffix not in SUFFIXES or path.name.startswith(".") or not path.is_file():

@@ -9,6 +9,7 @@ at a shared PostgreSQL index without editing it. ``NBCRON_RUNS_URL``, ``NBCRON_E
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +110,8 @@ def load_settings(project: str | Path | None = None) -> Settings:
         raise ConfigError(f"{pyproject}: `tool.nbcron`: {exc}") from exc
     kernel = table.get("kernel_name")
     runs_url = os.environ.get("NBCRON_RUNS_URL") or table.get("runs_url") or None
+    if runs_url:
+        _check_runs_url(str(runs_url), pyproject)
     executor = str(os.environ.get("NBCRON_EXECUTOR") or table.get("executor", "local"))
     if executor not in _EXECUTORS:
         raise ConfigError(
@@ -128,3 +131,25 @@ def load_settings(project: str | Path | None = None) -> Settings:
         executor=executor,
         scheduler_address=str(address) if address else None,
     )
+
+
+def hide_password(url: str) -> str:
+    """Return ``url`` with the password of its user info (``//user:password@``) hidden."""
+    return re.sub(r"(//[^/:@]*):[^/@]*@", r"\1:***@", url)
+
+
+def _check_runs_url(url: str, pyproject: Path) -> None:
+    """Raise ConfigError if a protocol of ``url`` is one fsspec does not know (a typo would
+    otherwise only show as a warning after every run: "could not publish ...")."""
+    from fsspec.registry import known_implementations, registry
+    from fsspec.utils import get_protocol
+
+    for part in url.split("::"):
+        protocol = get_protocol(part)
+        if protocol not in known_implementations and protocol not in registry:
+            raise ConfigError(
+                f"{pyproject}: `tool.nbcron.runs_url` (or NBCRON_RUNS_URL) {hide_password(url)!r}: "
+                f"{protocol!r} "
+                "is not a filesystem protocol fsspec knows; write e.g. s3://bucket/runs, "
+                "gs://bucket/runs or file:///srv/nbcron/runs"
+            )
