@@ -23,6 +23,7 @@ from tests.servers.s3 import S3Bucket
 from toolkit.acme import create_acme_database
 from toolkit.completion import redrive_schedule_file
 from toolkit.demo_files import Order, order_summary_xml
+from toolkit.errors import ConfigError
 from toolkit.imports import import_files, redrive, source_key
 from toolkit.ledger import Ledger
 from toolkit.sources import list_files
@@ -287,3 +288,27 @@ def test_redrive_for_a_schedule_resolves_its_folders_against_the_project(
     assert back == str(inbox / "bad.xml")
     assert sorted(os.listdir(inbox)) == [".quarantine", "bad.xml"]
     assert os.listdir(inbox / ".quarantine") == []
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry run", "import"])
+def test_an_unusable_state_database_is_refused_naming_it_and_nothing_moves(
+    tmp_path: Path, dry_run: bool
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "a.xml").write_bytes(order("A-1"))
+    written: list[Any] = []
+    with pytest.raises(ConfigError) as caught:
+        import_files(
+            str(inbox),
+            "*.xml",
+            read=read_order,
+            write=written.append,
+            state="postgresql+nosuchdriver://nbcron:s3cret@127.0.0.1/test",
+            dry_run=dry_run,
+        )
+    message = str(caught.value)
+    assert "postgresql+nosuchdriver://nbcron:***@127.0.0.1/test" in message
+    assert "s3cret" not in message
+    assert written == []
+    assert [p.name for p in inbox.iterdir()] == ["a.xml"]

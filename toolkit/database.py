@@ -8,6 +8,7 @@ these tables must survive. The app's own databases (upsert targets) are left as 
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -19,7 +20,7 @@ from sqlalchemy.engine import make_url
 
 from toolkit.errors import ConfigError
 
-__all__ = ["engine", "shown"]
+__all__ = ["engine", "missing_sqlite_file", "new_engine", "shown"]
 
 _engines: dict[str, sa.Engine] = {}
 _lock = threading.Lock()
@@ -42,10 +43,12 @@ def shown(url: str) -> str:
         return url
 
 
-def _create(url: str) -> sa.Engine:
+def new_engine(url: str) -> sa.Engine:
+    """Return a new engine for ``url`` (nothing connects yet), or raise ConfigError naming the
+    URL and the fix when no engine can be made of it."""
     try:
         parsed = make_url(url)
-        created = sa.create_engine(parsed, pool_pre_ping=parsed.get_backend_name() != "sqlite")
+        return sa.create_engine(parsed, pool_pre_ping=parsed.get_backend_name() != "sqlite")
     except (sa.exc.ArgumentError, ImportError) as exc:  # NoSuchModuleError is an ImportError
         raise ConfigError(
             f"database URL {shown(url)!r} is not usable ({str(exc).splitlines()[0]}); write e.g. "
@@ -53,6 +56,21 @@ def _create(url: str) -> sa.Engine:
             "installed (the project's database is `tool.nbcron.database` in pyproject.toml, "
             "or NBCRON_DATABASE)"
         ) from exc
+
+
+def missing_sqlite_file(url: sa.URL) -> bool:
+    """Return True if ``url`` is a SQLite database file that does not exist (yet): connecting
+    would create it."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return False
+    if url.query.get("uri") or str(url.database).startswith("file:"):
+        return False  # a SQLite URI filename: its own mode= decides
+    return not os.path.exists(str(url.database))
+
+
+def _create(url: str) -> sa.Engine:
+    created = new_engine(url)
+    parsed = created.url
     sqlite = parsed.get_backend_name() == "sqlite"
     if sqlite and parsed.database not in (None, "", ":memory:"):
         Path(parsed.database or "").parent.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,7 @@ from typing import Any, Literal
 from toolkit.batches import gc_paused
 from toolkit.completion import Completer, redrive, safe_name, source_key
 from toolkit.context import add_metric, context, mark_partial, metric, state_database
+from toolkit.database import missing_sqlite_file, new_engine
 from toolkit.errors import NbcronError
 from toolkit.ledger import Entry, FileKey, Ledger
 from toolkit.outcomes import FileOutcome, ImportResult
@@ -182,20 +183,13 @@ def _listed(result: ImportResult, listing: Listing) -> Listing:
 
 def _peek(database: str, key: str, files: list[ReadyFile]) -> dict[FileKey, Entry]:
     """Return the ledger's entries for ``files`` without creating or writing anything."""
-    from sqlalchemy.engine import make_url
-
-    url = make_url(database)
-    if url.get_backend_name() == "sqlite" and not os.path.exists(url.database or ""):
-        return {}
     import sqlalchemy as sa
 
-    from toolkit.ledger import Ledger as _L
-
-    engine = sa.create_engine(url)
+    engine = new_engine(database)
     try:
-        if not sa.inspect(engine).has_table("nbcron_files"):
+        if missing_sqlite_file(engine.url) or not sa.inspect(engine).has_table("nbcron_files"):
             return {}
-        ledger = _L.__new__(_L)
+        ledger = Ledger.__new__(Ledger)
         ledger.engine, ledger.source = engine, key
         return ledger.lookup(_key(f) for f in files)
     finally:

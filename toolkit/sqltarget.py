@@ -10,7 +10,6 @@ to name the row that was refused.
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 import weakref
@@ -34,6 +33,7 @@ from toolkit.batches import (
     key_text,
 )
 from toolkit.columns import ColumnSpec
+from toolkit.database import missing_sqlite_file
 from toolkit.errors import UpsertError
 from toolkit.sqltable import SqlTable, Step, group, positional
 from toolkit.tables import build_table, has_unique, infer_type, reflect_table
@@ -91,7 +91,7 @@ class SqlTarget:
 
     def run(self, job: Job, *, write: bool, plan: PlanRows | None) -> Tally:
         """Apply (or with ``write=False`` only classify) the job's rows; return the counts."""
-        if not write and _missing_sqlite_file(self.engine):
+        if not write and missing_sqlite_file(self.engine.url):
             # Connecting would create the file: plan against an empty database instead, which is
             # what the real run will find (looking writes nothing, not even an empty file).
             empty = sa.create_engine("sqlite://")
@@ -421,16 +421,6 @@ class _Call:
                     self.conn.exec_driver_sql(step.sql, step.params)
                 except sa.exc.DBAPIError as exc:
                     raise _WriteFailed(steps[: i + 1], exc) from exc
-
-
-def _missing_sqlite_file(engine: Engine) -> bool:
-    """Return True if ``engine`` is a SQLite database file that does not exist (yet)."""
-    url = engine.url
-    if engine.dialect.name != "sqlite" or url.database in (None, "", ":memory:"):
-        return False
-    if url.query.get("uri") or str(url.database).startswith("file:"):
-        return False  # a SQLite URI filename: its own mode= decides
-    return not os.path.exists(str(url.database))
 
 
 def _same(old: list[Any], new: list[Any]) -> bool:
