@@ -37,12 +37,14 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 import sqlalchemy as sa
 
 from toolkit import database
 from toolkit.errors import ConfigError, NbcronError
+from toolkit.queues_drain import redacted
 from toolkit.records import (
     RunRecord,
     atomic_write_text,
@@ -51,7 +53,7 @@ from toolkit.records import (
     now_utc,
     record_path,
 )
-from toolkit.settings import Settings, hide_password
+from toolkit.settings import Settings
 
 __all__ = [
     "PublishError",
@@ -269,11 +271,12 @@ def publish_all(
         with contextlib.suppress(FileNotFoundError):  # nothing published there yet
             fs.info(root)
     except Exception as exc:
+        password = urlsplit(settings.runs_url).password
+        reason = str(exc).replace(password, "***") if password else str(exc)
         raise PublishError(
-            f"cannot reach `runs_url` {hide_password(settings.runs_url)}: {type(exc).__name__}: "
-            f"{hide_password(str(exc))}; check "
-            "the URL, that the store is up, and its credentials (e.g. AWS_ACCESS_KEY_ID / "
-            "AWS_SECRET_ACCESS_KEY for s3://)"
+            f"cannot reach `runs_url` {redacted(settings.runs_url)}: {type(exc).__name__}: "
+            f"{reason}; check the URL, that the store is up, and its credentials (e.g. "
+            "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for s3://)"
         ) from exc
     result = PublishResult()
     for path in sorted(settings.runs.glob("*/*/*/*/*")):

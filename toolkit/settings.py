@@ -9,7 +9,6 @@ at a shared PostgreSQL index without editing it. ``NBCRON_RUNS_URL``, ``NBCRON_E
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,11 +132,6 @@ def load_settings(project: str | Path | None = None) -> Settings:
     )
 
 
-def hide_password(url: str) -> str:
-    """Return ``url`` with the password of its user info (``//user:password@``) hidden."""
-    return re.sub(r"(//[^/:@]*):[^/@]*@", r"\1:***@", url)
-
-
 def _check_runs_url(url: str, pyproject: Path) -> None:
     """Raise ConfigError if a protocol of ``url`` is one fsspec does not know (a typo would
     otherwise only show as a warning after every run: "could not publish ...")."""
@@ -148,8 +142,7 @@ def _check_runs_url(url: str, pyproject: Path) -> None:
         protocol = get_protocol(part)
         if protocol not in known_implementations and protocol not in registry:
             raise ConfigError(
-                f"{pyproject}: `tool.nbcron.runs_url` (or NBCRON_RUNS_URL) {hide_password(url)!r}: "
-                f"{protocol!r} "
-                "is not a filesystem protocol fsspec knows; write e.g. s3://bucket/runs, "
+                f"{pyproject}: `tool.nbcron.runs_url` (or NBCRON_RUNS_URL): {protocol!r} is not a "
+                "filesystem protocol fsspec knows; write e.g. s3://bucket/runs, "
                 "gs://bucket/runs or file:///srv/nbcron/runs"
             )
