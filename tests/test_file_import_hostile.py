@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -145,6 +146,37 @@ def test_hostile_files_are_quarantined_and_the_good_ones_import(
     allowed = (held, project.runs, project.root / "data" / "acme.db")
     new = every_file(tmp_path) - before
     assert [p for p in new if not any(p.is_relative_to(a) for a in allowed)] == []
+
+
+def test_a_partial_run_says_which_files_and_why_where_support_looks(project: Project) -> None:
+    """`nbcron show`, the saved notebook's top cell and the report's header each name the
+    files that held the run back and what happens to them next; a clean run names nothing."""
+    inbox = project_with_orders(project)
+    write_orders(inbox, 2)
+    (inbox / "bad.xml").write_bytes(b"<OrderSummary>")
+
+    code, record = project.run_json("orders_import", "-p", "max_attempts", "2")
+
+    assert (code, record["status"]) == (0, "partial")
+    why = "1 file failed, tried again by the next run: 'bad.xml'"
+    assert record["error"] == {"ename": "Partial", "evalue": why, "cell": None}
+    assert why in project.nbcron("show", record["run_id"]).stdout
+    banner = nbformat.read(record["output"], as_version=4).cells[0].source
+    assert f"this run ended partial**: {why}" in banner
+    report = project.nbcron("report", record["run_id"]).stdout.strip().splitlines()[-1]
+    header = re.search(r'<div class="nbcron-error".*?</div>', Path(report).read_text(), re.S)
+    assert header is not None
+    assert "This run ended partial" in header.group(0)
+    assert "bad.xml" in header.group(0)
+
+    code, record = project.run_json("orders_import", "-p", "max_attempts", "2")
+    assert record["status"] == "partial"
+    assert record["error"]["evalue"] == (
+        "1 file quarantined (`nbcron redrive` puts a file back): 'bad.xml'"
+    )
+
+    code, record = project.run_json("orders_import")
+    assert (record["status"], record["error"]) == ("succeeded", None)
 
 
 def test_interactive_dry_run_shows_the_plan_and_touches_nothing(project: Project) -> None:

@@ -389,9 +389,27 @@ def _report(result: ImportResult) -> None:
     add_metric("files_seen", len(result.files) + len(result.skipped))
     add_metric("files_imported", counts.get("imported", 0))
     add_metric("files_skipped", len(result.skipped))
-    troubled = [f.name for f in result.files if f.action.startswith(("quarantine", "failed"))]
-    troubled += [f.name for f in result.files if "completion failed" in f.action]
-    if troubled:
-        shown = ", ".join(repr(n) for n in troubled[:10])
-        more = f" and {len(troubled) - 10} more" if len(troubled) > 10 else ""
-        mark_partial(f"files not imported or not completed: {shown}{more}")
+    groups = (
+        ("failed, tried again by the next run", lambda a: a.startswith("failed")),
+        ("quarantined (`nbcron redrive` puts a file back)", lambda a: a == "quarantined"),
+        ("could not be moved to quarantine; tried again by the next run", _quarantine_failed),
+        ("imported, but the delete or move failed; retried by the next run", _completion_failed),
+    )
+    said = []
+    for label, matches in groups:
+        names = [f.name for f in result.files if matches(f.action)]
+        if names:
+            shown = ", ".join(repr(n) for n in names[:10])
+            more = f" and {len(names) - 10} more" if len(names) > 10 else ""
+            files = "file" if len(names) == 1 else "files"
+            said.append(f"{len(names)} {files} {label}: {shown}{more}")
+    if said:
+        mark_partial("; ".join(said))
+
+
+def _completion_failed(action: str) -> bool:
+    return "completion failed" in action
+
+
+def _quarantine_failed(action: str) -> bool:
+    return action == "quarantine failed"

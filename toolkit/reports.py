@@ -314,6 +314,7 @@ def _said(record: RunRecord) -> str:
         "timed_out": "timed out",
         "skipped": "was skipped",
         "interrupted": "was interrupted",
+        "partial": "ended partial",
     }.get(record.status, record.status)
 
 

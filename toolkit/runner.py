@@ -256,10 +256,14 @@ def run_schedule(
         remove_runtime_dir(runtime)
         finished = now_utc()
         status = outcome.status
+        error = outcome.error
         if status == "succeeded" and report.get("partial"):
             status = "partial"
+            # why, where support looks first: `nbcron show`, the report's header, the banner
+            reasons = "; ".join(str(r) for r in report["partial"])
+            error = {"ename": "Partial", "evalue": reasons, "cell": None}
         record.status = status  # type: ignore[assignment]
-        record.error = scrubber.node(outcome.error) if outcome.error else None
+        record.error = scrubber.node(error) if error else None
         record.metrics = {k: v for k, v in report.get("metrics", {}).items() if _is_number(v)}
         record.finished_at = iso(finished)
         record.duration_s = round((finished - started).total_seconds(), 3)
@@ -411,6 +415,8 @@ def banner_cell(record: RunRecord, running_cell: int | None, with_id: bool = Tru
         "interrupted": f"**nbcron: this run was interrupted**{where}: {err.get('evalue', '')}. "
         "The kernel and every process it started were stopped.",
         "skipped": f"**nbcron: this run was skipped**: {err.get('evalue', '')}",
+        "partial": f"**nbcron: this run ended partial**: {err.get('evalue', '')}. Everything "
+        "else it did is committed.",
     }.get(record.status)
     if head is None:
         return None
