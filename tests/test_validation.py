@@ -46,6 +46,11 @@ RUN_CASES: dict[str, tuple[str, dict[str, Any], list[str]]] = {
         {"parameters": {"foo": 1}},
         ["`parameters.foo`", "succeeds.ipynb"],
     ),
+    "parameter of the wrong kind": (
+        "succeeds",
+        {"parameters": {"count": "3"}},  # quoted in YAML: a string, where `count = 1` is a number
+        ["`parameters.count`", "'3'", "count = 1", "a number"],
+    ),
     "notebook without parameters cell": (
         "no_parameters",
         {},
@@ -117,6 +122,18 @@ def test_undeclared_command_line_parameter_is_refused_naming_it(project: Project
     assert "colour" in line
     assert "succeeds.ipynb" in line
     assert_no_record(project)
+
+
+def test_command_line_parameter_of_the_wrong_kind_is_refused_naming_it(project: Project) -> None:
+    """`count = 1` in the notebook takes a number: `-p count three` stops before the run, with
+    the value and what to give, instead of a TypeError in some cell of the record."""
+    project.schedule("hello", "succeeds")
+    line = one_error_line(project.nbcron("run", "hello", "-p", "count", "three"))
+    for part in ("-p", "`count`", "'three'", "count = 1", "a number"):
+        assert part in line, f"{part!r} missing from: {line}"
+    assert_no_record(project)
+    code, record = project.run_json("hello", "-p", "count", "2.5")  # any number will do
+    assert (code, record["parameters"]) == (0, {"count": 2.5})
 
 
 def test_declared_command_line_parameter_is_accepted(project: Project) -> None:

@@ -484,13 +484,45 @@ def check_parameters(schedule: Schedule, parameters: dict[str, Any], where: str)
         declared = declared_parameters(schedule.notebook)
     except ConfigError as exc:  # no parameters cell, or unreadable: name the schedule and key
         raise ParameterError(f"{where}: `notebook` {exc}") from exc
-    for key in parameters:
+    for key, value in parameters.items():
         if key not in declared:
             raise ParameterError(
                 f"{where}: `parameters.{key}` is not declared in the parameters cell of "
                 f"{schedule.notebook.name} (declared: {', '.join(sorted(declared)) or 'none'}); "
                 "add it there or remove it"
             )
+        wanted = _kind_declared(declared[key])
+        if wanted is not None and value is not None and _kind(value) != wanted:
+            default = declared[key].default
+            raise ParameterError(
+                f"{where}: `parameters.{key}` is {value!r}, but the parameters cell of "
+                f"{schedule.notebook.name} sets {key} = {default}, so it takes {wanted}; "
+                f"give {wanted} (e.g. {default})"
+            )
+
+
+_KINDS = {"bool": "true or false", "int": "a number", "float": "a number"}
+
+
+def _kind(value: Any) -> str | None:
+    """Return the kind of ``value`` a parameter check compares: true or false, a number, other."""
+    if isinstance(value, bool):
+        return _KINDS["bool"]
+    return _KINDS["int"] if isinstance(value, (int, float)) else None
+
+
+def _kind_declared(parameter: Any) -> str | None:
+    """Return "true or false" or "a number" when the notebook declares a parameter as such (by
+    its annotation, else by its default's literal); None for anything else, which is not checked:
+    a typo is told apart from a choice only where the notebook is plain about the type."""
+    import ast
+
+    if parameter.inferred_type_name not in ("None", "", None):  # annotated: the annotation says
+        return _KINDS.get(parameter.inferred_type_name)
+    try:
+        return _kind(ast.literal_eval(parameter.default))
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None  # an expression, not a literal
 
 
 def resolve_secrets(schedule: Schedule, settings: Settings) -> dict[str, str]:
