@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -122,6 +123,32 @@ def test_undeclared_command_line_parameter_is_refused_naming_it(project: Project
     assert "colour" in line
     assert "succeeds.ipynb" in line
     assert_no_record(project)
+
+
+def test_a_scheduled_fire_without_its_secret_is_recorded_failed_naming_it(project: Project) -> None:
+    """Nobody reads the scheduler's log at 3 a.m.: the fire gets a failed record, so the run
+    history, the report and failure notices name the secret and the fix. A manual run of the
+    same schedule is still refused with one line and no record."""
+    assert UNSET_VAR not in os.environ
+    project.schedule("nightly", "succeeds", cron="0 3 * * *", secrets={"TOKEN": f"env:{UNSET_VAR}"})
+    project.nbcron("tick", "--at", "2026-06-01T02:59:00Z")  # first sight: history starts here
+
+    assert project.nbcron("tick", "--at", "2026-06-01T03:00:00Z").returncode == 1
+
+    [record] = json.loads(project.nbcron("runs", "nightly", "--json").stdout)
+    assert (record["status"], record["trigger"]) == ("failed", "schedule")
+    assert record["error"]["ename"] == "SecretError"
+    assert "schedules/nightly.yaml: `secrets.TOKEN`" in record["error"]["evalue"]
+    assert f"export {UNSET_VAR}" in record["error"]["evalue"]
+    report = project.nbcron("report", record["run_id"])
+    assert report.returncode == 0, report.stderr
+    page = Path(report.stdout.strip().splitlines()[-1]).read_text()
+    # the top banner shows the error as one piece of code, its own backticks included
+    assert "<code>SecretError: schedules/nightly.yaml: `secrets.TOKEN` reads" in page
+
+    line = one_error_line(project.nbcron("run", "nightly"))
+    assert "`secrets.TOKEN`" in line
+    assert len(json.loads(project.nbcron("runs", "nightly", "--json").stdout)) == 1
 
 
 def test_command_line_parameter_of_the_wrong_kind_is_refused_naming_it(project: Project) -> None:

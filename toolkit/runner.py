@@ -19,6 +19,7 @@ import copy
 import json
 import logging
 import os
+import re
 import secrets as _random
 import signal
 import threading
@@ -136,15 +137,24 @@ def run_schedule(
     (the scheduler pre-starts runs so they begin on time); ``started_at`` is the real start.
 
     Returns None, running nothing, when ``run_id`` is already in the index (another scheduler
-    started it). Raises ConfigError subclasses for bad parameters or secrets before any record
-    exists; after that every problem ends up in the record instead.
+    started it). A manual run with bad parameters or secrets raises ConfigError before any record
+    exists; a scheduled one (any other trigger) ends ``failed`` with the error in its record, as
+    does every later problem.
     """
     overrides = dict(overrides or {})
     shown = _shown(schedule.file, settings)
-    check_parameters(schedule, schedule.parameters, where=shown)
-    _coerce_overrides(schedule, overrides)
+    refused: ConfigError | None = None
+    try:
+        check_parameters(schedule, schedule.parameters, where=shown)
+        _coerce_overrides(schedule, overrides)
+        secret_values = resolve_secrets(schedule, settings)
+    except ConfigError as exc:
+        if trigger == "manual":
+            raise  # the command line answers: one line, exit 2, no record
+        # A fire nobody watches (a secret gone from the environment at 3 a.m.): it gets a
+        # failed record, so the run history, the reports and failure notices say so.
+        refused, secret_values = exc, {}
     parameters = {**schedule.parameters, **overrides}
-    secret_values = resolve_secrets(schedule, settings)
     scrubber = Scrubber(secret_values)
     index = index or RunIndex(settings.database)
 
@@ -174,6 +184,8 @@ def run_schedule(
     execution: Execution | None = None
     nb: Any = None
     try:
+        if refused is not None:
+            raise refused
         nb = _prepare(schedule, parameters, settings)
         if settings.runs_url:
             # The report is rendered and published when the run ends: build the exporter (a
@@ -403,7 +415,7 @@ def banner_cell(record: RunRecord, running_cell: int | None, with_id: bool = Tru
     err = record.error or {}
     cell = err.get("cell")
     where = f" in cell {cell}" if cell is not None else ""
-    what = f"`{err.get('ename', '')}: {err.get('evalue', '')}`" if err else ""
+    what = _code(f"{err.get('ename', '')}: {err.get('evalue', '')}") if err else ""
     head = {
         "running": f"**nbcron: this run is in progress** (cell {_shown_running(running_cell)} "
         f"running). If this notebook still says so long after {record.started_at}, its runner "
@@ -433,6 +445,14 @@ def banner_cell(record: RunRecord, running_cell: int | None, with_id: bool = Tru
     if with_id:  # cell ids exist from nbformat 4.5 on; older notebooks must not carry one
         cell_node["id"] = "nbcron-banner"
     return cell_node
+
+
+def _code(text: str) -> str:
+    """Return ``text`` as one markdown code span, also when it holds backticks itself."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if longest else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _shown_running(index: int | None) -> str:
