@@ -231,10 +231,22 @@ class Completer:
         dest = self.src.join(safe)
         held = f"{self.quarantine_folder}/{safe}"
         if not self._exists(held):
-            raise FileNotFoundError(f"{name!r} is not in quarantine at {held}")
+            raise FileNotFoundError(f"{name!r} is not in quarantine at {held}{self._held_now()}")
         self._move(held, dest)
         self._remove(f"{held}.error.json")
         return dest
+
+    def _held_now(self) -> str:
+        """Return what the quarantine holds, as the tail of a message (at most 10 names)."""
+        try:
+            paths = self.fs.glob(f"{self.quarantine_folder}/*.error.json")
+        except Exception:  # the message is still right without the list
+            return ""
+        names = sorted(posixpath.basename(p).removesuffix(".error.json") for p in paths)
+        if not names:
+            return "; the quarantine is empty"
+        more = f" and {len(names) - 10} more" if len(names) > 10 else ""
+        return f"; it holds: {', '.join(names[:10])}{more}"
 
 
 _AZURE = frozenset({"az", "abfs", "abfss"})
