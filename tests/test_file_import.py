@@ -227,24 +227,21 @@ def test_a_bad_file_is_quarantined_after_three_attempts_with_a_sidecar_and_can_b
     assert sidecar["run_id"].startswith("interactive/")
     assert set(acme(Path(env["db"]))[0]) == {"A-1", "A-2"}
 
-    # A name that is not held is refused, and the message lists what is.
-    with pytest.raises(FileNotFoundError, match=r"'bad2\.xml' is not in .*; it holds: bad\.xml$"):
-        redrive(
+    def put_back(name: str) -> str:
+        return redrive(
             folder.url("inbox"),
-            "bad2.xml",
+            name,
             quarantine=folder.url("quarantine"),
             state=env["state"],
             storage_options=folder.storage_options,
         )
 
+    # A name that is not held is refused, and the message lists what is.
+    with pytest.raises(FileNotFoundError, match=r"'bad2\.xml' is not in .*; it holds: bad\.xml$"):
+        put_back("bad2.xml")
+
     # Fixed at the source's end, re-driven, then imported by the next run.
-    redrive(
-        folder.url("inbox"),
-        "bad.xml",
-        quarantine=folder.url("quarantine"),
-        state=env["state"],
-        storage_options=folder.storage_options,
-    )
+    put_back("bad.xml")
     assert names(folder, "quarantine") == []
     put(folder, "inbox/bad.xml", order("A-9"))
     assert run(folder, env, quarantine=folder.url("quarantine")).counts() == {"imported": 1}
