@@ -389,11 +389,17 @@ def _report(result: ImportResult) -> None:
     add_metric("files_seen", len(result.files) + len(result.skipped))
     add_metric("files_imported", counts.get("imported", 0))
     add_metric("files_skipped", len(result.skipped))
-    groups = (
+    groups: tuple[tuple[str, Callable[[str], bool]], ...] = (
         ("failed, tried again by the next run", lambda a: a.startswith("failed")),
         ("quarantined (`nbcron redrive` puts a file back)", lambda a: a == "quarantined"),
-        ("could not be moved to quarantine; tried again by the next run", _quarantine_failed),
-        ("imported, but the delete or move failed; retried by the next run", _completion_failed),
+        (
+            "could not be moved to quarantine; tried again by the next run",
+            lambda a: a == "quarantine failed",
+        ),
+        (
+            "imported, but the delete or move failed; retried by the next run",
+            lambda a: "completion failed" in a,
+        ),
     )
     said = []
     for label, matches in groups:
@@ -405,11 +411,3 @@ def _report(result: ImportResult) -> None:
             said.append(f"{len(names)} {files} {label}: {shown}{more}")
     if said:
         mark_partial("; ".join(said))
-
-
-def _completion_failed(action: str) -> bool:
-    return "completion failed" in action
-
-
-def _quarantine_failed(action: str) -> bool:
-    return action == "quarantine failed"
