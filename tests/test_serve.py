@@ -69,14 +69,22 @@ def test_schedule_files_added_and_removed_while_serving(project: Project, tmp_pa
     project.schedule("first", "logs_run", cron="* * * * *")
     serve = start_serve(project, log)
     try:
-        time.sleep(2)
+        # On a loaded machine `serve` can take seconds to start: the fires under test are the
+        # first minute after it has loaded the added file, with a few seconds to spare.
+        wait_for(lambda: "serving 1 schedules" in log.read_text(), 90, "serve to start")
         project.schedule("added", "logs_run", cron="* * * * *")
-        boundary = next_minute()
-        wait_for(lambda: len(runs(project, "added")) >= 1, 90, "the added schedule to run")
-        assert {r["run_id"] for r in runs(project)} >= {
-            f"added/{boundary:%Y%m%dT%H%MZ}".replace("Z", "00Z"),
-            f"first/{boundary:%Y%m%dT%H%MZ}".replace("Z", "00Z"),
-        }
+        wait_for(
+            lambda: "schedules reloaded: added, first" in log.read_text(),
+            60,
+            "serve to load the added schedule",
+        )
+        boundary = next_minute(datetime.now(timezone.utc) + timedelta(seconds=5))
+        expected = {f"{name}/{boundary:%Y%m%dT%H%M}00Z" for name in ("added", "first")}
+        wait_for(
+            lambda: {r["run_id"] for r in runs(project)} >= expected,
+            150,
+            f"both schedules to run at {boundary:%H:%M}",
+        )
         (project.root / "schedules" / "first.yaml").unlink()
         time.sleep(1)
         after = next_minute()
