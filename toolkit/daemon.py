@@ -91,11 +91,21 @@ class Daemon:
         import watchfiles
 
         folder = self.settings.schedules_dir
-        for _changes in watchfiles.watch(
-            folder, stop_event=self._watch_stop, debounce=200, raise_interrupt=False
+        live = False
+        for changes in watchfiles.watch(
+            folder,
+            stop_event=self._watch_stop,
+            debounce=200,
+            raise_interrupt=False,
+            yield_on_timeout=True,  # the first pass, changes or not, says the watch is live
+            rust_timeout=1000,
         ):
-            self._reload = True
-            self._poke()
+            if changes or not live:
+                # The watch starts a moment after the first load: a file written in between
+                # raised no event, so once it is live the folder is read once more.
+                live = True
+                self._reload = True
+                self._poke()
 
     def _housekeep(self) -> None:
         """Prune at start and then daily; look for overdue schedules every minute."""
@@ -150,8 +160,10 @@ class Daemon:
             while not self._stopping:
                 if self._reload:
                     self._reload = False
+                    before = scheduler.schedules
                     scheduler.load()
-                    log.info("schedules reloaded: %s", ", ".join(sorted(scheduler.schedules)))
+                    if scheduler.schedules != before:
+                        log.info("schedules reloaded: %s", ", ".join(sorted(scheduler.schedules)))
                 if time.monotonic() >= next_recover:
                     next_recover = time.monotonic() + RECOVER_EVERY
                     self._recover()
