@@ -10,6 +10,7 @@ expression (minute must be 0-59)``.
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 from dataclasses import dataclass, field
@@ -515,8 +516,6 @@ def _kind_declared(parameter: Any) -> str | None:
     """Return "true or false" or "a number" when the notebook declares a parameter as such (by
     its annotation, else by its default's literal); None for anything else, which is not checked:
     a typo is told apart from a choice only where the notebook is plain about the type."""
-    import ast
-
     if parameter.inferred_type_name not in ("None", "", None):  # annotated: the annotation says
         return _KINDS.get(parameter.inferred_type_name)
     try:
